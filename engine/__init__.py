@@ -1,0 +1,61 @@
+"""The framework seam (DESIGN §3): real Dassl when importable, else the built-in compatible subset.
+
+``MIXPROMPT_ENGINE`` selects the backend: ``auto`` (default: Dassl if ``import dassl`` works),
+``dassl`` (required; an error if it cannot be imported) or ``builtin``. Trainers and datasets import the
+names below from here and therefore register into whichever backend's registries are active.
+
+Whatever the backend, the project's own optimizers, LR schedulers (with warmup), checkpoint saving and
+loading are used, because Dassl's are broken on current torch (dassl-interface.md §6).
+Note: importing Dassl disables Python ``logging`` at WARNING and below process-wide (its §4.6).
+"""
+import os
+
+from .errors import ConfigError, DataError, UserError, WeightsError  # noqa: F401
+
+ENGINE_CHOICES = ("auto", "dassl", "builtin")
+
+
+def _resolve_backend():
+    requested = os.environ.get("MIXPROMPT_ENGINE", "auto").strip().lower() or "auto"
+    if requested not in ENGINE_CHOICES:
+        raise ConfigError(
+            f'MIXPROMPT_ENGINE="{requested}" is not one of {list(ENGINE_CHOICES)}: use auto (Dassl when '
+            "importable), dassl (require it) or builtin (never use it)."
+        )
+    if requested == "builtin":
+        return "builtin"
+    try:
+        import dassl  # noqa: F401
+    except Exception as exc:  # ImportError, or Dassl failing at import on this torch
+        if requested == "dassl":
+            raise UserError(
+                f"MIXPROMPT_ENGINE=dassl but Dassl cannot be imported ({type(exc).__name__}: {exc}). "
+                "Install Dassl.pytorch into this environment, or set MIXPROMPT_ENGINE=builtin."
+            ) from None
+        return "builtin"
+    return "dassl"
+
+
+ENGINE = _resolve_backend()
+
+from .checkpoint import CheckpointMixin, load_checkpoint, save_checkpoint  # noqa: E402,F401
+from .optim import build_lr_scheduler, build_optimizer  # noqa: E402,F401
+
+if ENGINE == "dassl":
+    from dassl.config import get_cfg_default  # noqa: F401
+    from dassl.data import DataManager  # noqa: F401
+    from dassl.data.datasets import DATASET_REGISTRY, DatasetBase, Datum  # noqa: F401
+    from dassl.engine import TRAINER_REGISTRY, build_trainer  # noqa: F401
+    from dassl.engine import TrainerX as _DasslTrainerX
+    from dassl.metrics import compute_accuracy  # noqa: F401
+    from dassl.utils import collect_env_info, set_random_seed, setup_logger  # noqa: F401
+
+    class TrainerX(CheckpointMixin, _DasslTrainerX):
+        """Dassl's TrainerX with the project's checkpoint saving, resuming and loading."""
+
+else:
+    from .config import get_cfg_default  # noqa: F401
+    from .data.datasets import DATASET_REGISTRY, DatasetBase, Datum  # noqa: F401
+    from .data.manager import DataManager  # noqa: F401
+    from .trainer import TRAINER_REGISTRY, TrainerX, build_trainer  # noqa: F401
+    from .utils import collect_env_info, compute_accuracy, set_random_seed, setup_logger  # noqa: F401

@@ -1,0 +1,1 @@
+"""Built-in data pipeline: datasets base classes, few-shot sampling, transforms, loaders."""
