@@ -1,0 +1,399 @@
+"""trainers.clip: loading (files, CoOp names, OpenCLIP names, errors), tokenizer, TextEncoder, tiny CLIP, CLI."""
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from engine.errors import WeightsError
+from trainers.clip import (COOP_BACKBONES, LoadedCLIP, TextEncoder, build_tiny_clip_state_dict, load_clip,
+                           save_tiny_clip, tokenize)
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPTS = ["a photo of a cat.", "a photo of a dog.", "X X X X a photo of an airplane, a type of aircraft.", "car"]
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory):
+    """Tiny checkpoints of both architecture families, written once for the module."""
+    folder = tmp_path_factory.mktemp("tiny")
+    return {arch: save_tiny_clip(folder / f"tiny-{arch}.pt", seed=0, arch=arch) for arch in ("vit", "rn")}
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tiny_files):
+    return {arch: load_clip(str(path)) for arch, path in tiny_files.items()}
+
+
+@pytest.fixture
+def isolated(monkeypatch, tmp_path):
+    """No real caches, no network: HOME and $MIXPROMPT_CLIP_CACHE point into tmp, Hugging Face is offline."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("MIXPROMPT_CLIP_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    try:  # huggingface_hub reads HF_HUB_OFFLINE when imported, which may have happened already
+        import huggingface_hub.constants as hf_constants
+        monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    except ImportError:
+        pass
+    return home
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tiny CLIP round trip
+
+
+@pytest.mark.parametrize("arch", ["vit", "rn"])
+def test_tiny_round_trip(tiny_files, arch, capsys):
+    loaded = load_clip(str(tiny_files[arch]))
+    out = capsys.readouterr().out
+    assert isinstance(loaded, LoadedCLIP)
+    assert loaded.random_weights is True
+    assert out.startswith("WARNING: RANDOM WEIGHTS")
+    assert "meaningless" in out
+    assert f"Loaded CLIP {tiny_files[arch]} from {tiny_files[arch]} (input resolution 224, embed dim 64)" in out
+    assert (loaded.input_resolution, loaded.embed_dim, loaded.text_width) == (224, 64, 64)
+    assert loaded.source == str(tiny_files[arch])
+
+    model = loaded.model
+    assert not any(m.training for m in model.modules())
+    # OpenAI's weights were trained with QuickGELU; open_clip's default would be nn.GELU
+    assert type(model.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
+    assert all(p.dtype == torch.float32 and not p.requires_grad for p in model.parameters())
+    # fp32 checkpoints load exactly (the builder's fp16 detour must not round the weights)
+    expected = build_tiny_clip_state_dict(seed=0, arch=arch)
+    state = model.state_dict()
+    assert set(expected) - set(state) == {"_mixprompt_random_weights"}
+    for key, value in state.items():
+        assert torch.equal(value, expected[key]), key
+    with torch.no_grad():
+        image_features = model.encode_image(torch.randn(2, 3, 224, 224))
+    assert image_features.shape == (2, 64)
+
+
+def test_real_looking_checkpoint_has_no_banner(tmp_path, capsys):
+    state = build_tiny_clip_state_dict(seed=3)
+    del state["_mixprompt_random_weights"]
+    torch.save(state, tmp_path / "clip.pt")
+    loaded = load_clip(str(tmp_path / "clip.pt"))
+    out = capsys.readouterr().out
+    assert loaded.random_weights is False
+    assert "RANDOM" not in out and "Loaded CLIP" in out
+
+
+def test_same_seed_same_weights_other_seed_differs():
+    a, b = build_tiny_clip_state_dict(seed=7), build_tiny_clip_state_dict(seed=7)
+    c = build_tiny_clip_state_dict(seed=8)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["token_embedding.weight"], c["token_embedding.weight"])
+    assert int(a["_mixprompt_random_weights"]) == 7
+
+
+def test_tiny_build_leaves_global_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    build_tiny_clip_state_dict(seed=0, arch="rn")
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_tiny_has_openai_keys_only():
+    for arch, tower_key in (("vit", "visual.proj"), ("rn", "visual.attnpool.c_proj.weight")):
+        state = build_tiny_clip_state_dict(arch=arch)
+        assert tower_key in state
+        assert state["token_embedding.weight"].shape == (49408, 64)
+        assert state["positional_embedding"].shape == (77, 64)
+        assert state["text_projection"].shape == (64, 64)
+        assert "attn_mask" not in state and "logit_bias" not in state
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_openai_torchscript_archive_loads(tmp_path, capsys):
+    """OpenAI distributes TorchScript archives with fp16 weights and a few integer metadata entries."""
+    state = build_tiny_clip_state_dict(seed=2)
+    state.update(input_resolution=torch.tensor(224), context_length=torch.tensor(77),
+                 vocab_size=torch.tensor(49408))
+    root = nn.Module()
+    for key, value in state.items():
+        *parents, leaf = key.split(".")
+        module = root
+        for name in parents:
+            if not hasattr(module, name):
+                module.add_module(name, nn.Module())
+            module = getattr(module, name)
+        value = value.half() if value.is_floating_point() else value
+        module.register_parameter(leaf, nn.Parameter(value, requires_grad=False))
+    torch.jit.script(root).save(str(tmp_path / "ViT-B-32.pt"))
+
+    loaded = load_clip(str(tmp_path / "ViT-B-32.pt"))
+    assert loaded.random_weights is True
+    weight = loaded.model.token_embedding.weight
+    assert weight.dtype == torch.float32
+    assert torch.equal(weight, state["token_embedding.weight"].half().float())
+    assert "WARNING: RANDOM WEIGHTS" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tokenizer
+
+
+def test_tokenize_format():
+    tokens = tokenize(PROMPTS)
+    assert tokens.dtype == torch.int64 and tokens.shape == (len(PROMPTS), 77)
+    assert (tokens[:, 0] == 49406).all()
+    eot = tokens.argmax(dim=-1)
+    assert (tokens[torch.arange(len(PROMPTS)), eot] == 49407).all()
+    for row, position in zip(tokens, eot.tolist()):
+        assert (row[position + 1:] == 0).all() and (row[1:position] > 0).all()
+    assert tokenize("a photo of a cat.").shape == (1, 77)
+    assert tokenize("car")[0, :3].tolist() == [49406, 1615, 49407]
+    assert tokenize(["a b", "c"], context_length=5).shape == (2, 5)
+
+
+def test_tokenize_too_long_raises():
+    fits = " ".join(["x"] * 75)
+    assert tokenize(fits)[0, 76].item() == 49407
+    too_long = " ".join(["x"] * 76)
+    with pytest.raises(ValueError, match="context length 77") as info:
+        tokenize(["ok", too_long])
+    assert too_long in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# TextEncoder
+
+
+@pytest.mark.parametrize("arch", ["vit", "rn"])
+def test_text_encoder_matches_open_clip_encode_text(tiny_models, arch):
+    model = tiny_models[arch].model
+    encoder = TextEncoder(model)
+    tokens = tokenize(PROMPTS)
+    with torch.no_grad():
+        expected = model.encode_text(tokens)
+        got = encoder.encode_tokens(tokens)
+        chunked = encoder.encode_tokens(tokens, chunk_size=3)
+        from_embeddings = encoder(encoder.embed(tokens), tokens, chunk_size=1)
+    assert got.shape == (len(PROMPTS), 64)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(chunked, got, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(from_embeddings, got, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got.norm(dim=-1), torch.ones(len(PROMPTS)))  # not normalised
+    # different class names give noticeably different features even with random weights
+    normed = torch.nn.functional.normalize(got, dim=-1)
+    assert (normed[0] @ normed[1]).item() < 0.99
+
+
+def test_text_encoder_cuts_after_longest_eot(tiny_models):
+    encoder = TextEncoder(tiny_models["vit"].model)
+    lengths = []
+    inner_forward = encoder.transformer.forward
+
+    def recording_forward(x, attn_mask=None):
+        lengths.append((x.shape[1], tuple(attn_mask.shape)))
+        return inner_forward(x, attn_mask=attn_mask)
+
+    encoder.transformer.forward = recording_forward
+    try:
+        tokens = tokenize(PROMPTS)
+        eot = tokens.argmax(dim=-1).tolist()
+        with torch.no_grad():
+            encoder.encode_tokens(tokens)
+            encoder.encode_tokens(tokens, chunk_size=2)
+    finally:
+        del encoder.transformer.forward
+    first, second = max(eot[:2]) + 1, max(eot[2:]) + 1
+    assert lengths == [(max(eot) + 1, (max(eot) + 1,) * 2), (first, (first, first)), (second, (second, second))]
+    assert max(eot) + 1 < 77
+
+
+def test_text_encoder_gradient_reaches_prompt_embeddings(tiny_models):
+    encoder = TextEncoder(tiny_models["vit"].model)
+    tokens = tokenize(PROMPTS[:2])
+    prompts = encoder.embed(tokens).detach().requires_grad_(True)
+    encoder(prompts, tokens).sum().backward()
+    assert prompts.grad is not None and prompts.grad.abs().sum() > 0
+    eot = tokens.argmax(dim=-1)
+    assert prompts.grad[0, eot[0] + 1:].abs().sum() == 0  # causal: padding gets no gradient
+
+
+def test_text_encoder_rejects_bad_shapes_and_chunk(tiny_models):
+    encoder = TextEncoder(tiny_models["vit"].model)
+    tokens = tokenize(PROMPTS)
+    with pytest.raises(ValueError, match="expected prompt embeddings"):
+        encoder(encoder.embed(tokens)[:, :10], tokens)
+    with pytest.raises(ValueError, match="chunk_size"):
+        encoder.encode_tokens(tokens, chunk_size=0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Resolution and errors
+
+
+def test_missing_file_path_raises(tmp_path, isolated):
+    missing = tmp_path / "nowhere" / "ViT-B-16.pt"
+    with pytest.raises(WeightsError, match="does not exist") as info:
+        load_clip(str(missing))
+    assert str(missing) in str(info.value)
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_clip("weights/clip.pt")
+
+
+def test_directory_raises(tmp_path, isolated):
+    with pytest.raises(WeightsError, match="is a directory"):
+        load_clip(str(tmp_path))
+
+
+def test_unknown_name_raises_with_hint(isolated):
+    with pytest.raises(WeightsError) as info:
+        load_clip("ViT-B/33")
+    message = str(info.value)
+    assert "Did you mean 'ViT-B/32'" in message
+    assert "MODEL:TAG" in message and "RN50" in message
+
+
+def test_unknown_open_clip_model_and_tag(isolated):
+    with pytest.raises(WeightsError, match="Unknown OpenCLIP model 'ViT-Q-99'"):
+        load_clip("ViT-Q-99:openai")
+    with pytest.raises(WeightsError, match="laion2b_s34b_b79k") as info:
+        load_clip("ViT-B-32:no_such_tag")
+    assert "ViT-B-32:no_such_tag" in str(info.value)
+
+
+def test_coop_name_missing_offline_raises_naming_the_file(tmp_path, isolated, monkeypatch):
+    env_cache = tmp_path / "env-cache"
+    monkeypatch.setenv("MIXPROMPT_CLIP_CACHE", str(env_cache))
+    start = time.monotonic()
+    with pytest.raises(WeightsError) as info:
+        load_clip("ViT-B/16", cache_dir=str(tmp_path))
+    assert time.monotonic() - start < 10  # offline: no retries against the network
+    message = str(info.value)
+    assert "'ViT-B/16'" in message
+    for expected in (tmp_path / "ViT-B-16.pt", env_cache / "ViT-B-16.pt", isolated / ".cache/clip/ViT-B-16.pt"):
+        assert str(expected) in message
+    assert "MODEL.BACKBONE.NAME /path/to/file.pt" in message
+    assert "openaipublic.azureedge.net/clip/models/" in message
+    assert "\n" not in message
+
+
+def test_coop_name_found_in_cache_dir(tiny_files, tmp_path, isolated, capsys):
+    target = tmp_path / "ViT-B-16.pt"
+    target.write_bytes(tiny_files["vit"].read_bytes())
+    loaded = load_clip("ViT-B/16", cache_dir=str(tmp_path))
+    assert loaded.source == str(target) and loaded.name == "ViT-B/16" and loaded.random_weights
+    assert f"Loaded CLIP ViT-B/16 from {target}" in capsys.readouterr().out
+
+
+def test_coop_name_search_order(tiny_files, tmp_path, isolated, monkeypatch):
+    """cache_dir, then $MIXPROMPT_CLIP_CACHE, then CoOp's ~/.cache/clip."""
+    coop_cache = isolated / ".cache" / "clip"
+    env_cache = tmp_path / "env"
+    for folder in (coop_cache, env_cache):
+        folder.mkdir(parents=True)
+    (coop_cache / "RN50.pt").write_bytes(tiny_files["rn"].read_bytes())
+    assert load_clip("RN50").source == str(coop_cache / "RN50.pt")
+
+    monkeypatch.setenv("MIXPROMPT_CLIP_CACHE", str(env_cache))
+    (env_cache / "RN50.pt").write_bytes(tiny_files["rn"].read_bytes())
+    assert load_clip("RN50").source == str(env_cache / "RN50.pt")
+
+    first = tmp_path / "first"
+    first.mkdir()
+    (first / "RN50.pt").write_bytes(tiny_files["rn"].read_bytes())
+    assert load_clip("RN50", cache_dir=str(first)).source == str(first / "RN50.pt")
+
+
+def _fake_open_clip_model(pool="argmax"):
+    from open_clip.model import build_model_from_openai_state_dict
+
+    state = build_tiny_clip_state_dict(seed=4)
+    del state["_mixprompt_random_weights"]
+    model = build_model_from_openai_state_dict(state, cast_dtype=None)
+    model.text_pool_type = pool
+    return model
+
+
+def test_coop_name_falls_back_to_open_clip_with_quick_gelu(tmp_path, isolated, monkeypatch, capsys):
+    import open_clip
+
+    calls = []
+
+    def fake_create_model(model_name, pretrained=None, **kwargs):
+        calls.append((model_name, pretrained, kwargs))
+        return _fake_open_clip_model()
+
+    monkeypatch.setattr(open_clip, "create_model", fake_create_model)
+    loaded = load_clip("ViT-B/32", cache_dir=str(tmp_path))
+    assert loaded.source == "open_clip:ViT-B-32/openai" and not loaded.random_weights
+    (model_name, tag, kwargs), = calls
+    assert (model_name, tag) == ("ViT-B-32", "openai")
+    assert kwargs["force_quick_gelu"] is True and kwargs["require_pretrained"] is True
+    assert "RANDOM" not in capsys.readouterr().out
+
+    loaded = load_clip("ViT-B-32:laion2b_s34b_b79k")
+    assert loaded.source == "open_clip:ViT-B-32/laion2b_s34b_b79k"
+    assert calls[-1][2]["force_quick_gelu"] is False  # LAION weights were trained with nn.GELU
+
+
+def test_unsupported_text_tower_raises(isolated, monkeypatch):
+    import open_clip
+
+    monkeypatch.setattr(open_clip, "create_model", lambda *args, **kwargs: _fake_open_clip_model(pool="last"))
+    with pytest.raises(WeightsError, match="cannot be used for prompt learning.*pooled with 'last'"):
+        load_clip("ViT-B-32:laion2b_s34b_b79k")
+
+
+def test_corrupt_file_raises(tmp_path, isolated):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(random.Random(0).randbytes(4000))
+    with pytest.raises(WeightsError, match="Cannot read CLIP weights file") as info:
+        load_clip(str(corrupt))
+    assert str(corrupt) in str(info.value) and "OpenAI" in str(info.value)
+
+
+def test_non_clip_state_dict_raises(tmp_path, isolated):
+    other = tmp_path / "resnet.pth"
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(2, 3, 1, 1)}}, other)
+    with pytest.raises(WeightsError, match="not a CLIP state dict") as info:
+        load_clip(str(other))
+    assert str(other) in str(info.value) and "token_embedding.weight" in str(info.value)
+
+    wrong_shapes = build_tiny_clip_state_dict()
+    wrong_shapes["ln_final.weight"] = torch.ones(32)
+    torch.save(wrong_shapes, other)
+    with pytest.raises(WeightsError, match="do not fit a CLIP architecture"):
+        load_clip(str(other))
+
+    torch.save([1, 2, 3], other)
+    with pytest.raises(WeightsError, match="does not hold a state dict"):
+        load_clip(str(other))
+
+
+def test_coop_backbone_table():
+    assert COOP_BACKBONES["ViT-B/32"] == ("ViT-B-32", "ViT-B-32.pt")
+    assert COOP_BACKBONES["ViT-L/14@336px"] == ("ViT-L-14-336", "ViT-L-14-336px.pt")
+    assert set(COOP_BACKBONES) == {"RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "ViT-B/16",
+                                   "ViT-L/14", "ViT-L/14@336px"}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def test_cli_writes_loadable_file(tmp_path):
+    out = tmp_path / "sub" / "tiny-rn.pt"
+    result = subprocess.run([sys.executable, "scripts/make_tiny_clip.py", str(out), "--seed", "5", "--arch", "rn"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert str(out) in result.stdout and "RANDOM" in result.stdout
+    assert not [p for p in out.parent.iterdir() if p.name != out.name]  # no temporary file left behind
+    loaded = load_clip(str(out))
+    assert loaded.random_weights and loaded.embed_dim == 64
+    expected = build_tiny_clip_state_dict(seed=5, arch="rn")
+    assert torch.equal(loaded.model.visual.attnpool.c_proj.weight, expected["visual.attnpool.c_proj.weight"])

@@ -1,0 +1,7 @@
+"""The project's one home for CLIP: loading weights, tokenizing, encoding prompt embeddings, test models."""
+from .loader import COOP_BACKBONES, LoadedCLIP, load_clip
+from .text import TextEncoder, tokenize
+from .tiny import build_tiny_clip_state_dict, save_tiny_clip
+
+__all__ = ["COOP_BACKBONES", "LoadedCLIP", "TextEncoder", "build_tiny_clip_state_dict", "load_clip",
+           "save_tiny_clip", "tokenize"]
