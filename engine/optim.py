@@ -97,6 +97,21 @@ class EpochLRScheduler(LRScheduler):
             return base_lr * self.gamma ** (step // self.milestones[0])
         return base_lr * self.gamma ** sum(1 for m in self.milestones if m <= step)
 
+    _SETTINGS = ("kind", "max_epoch", "gamma", "milestones", "warmup_epoch", "warmup_type", "warmup_cons_lr",
+                 "warmup_min_lr", "warmup_recount")
+
+    def state_dict(self):
+        """Progress only: the schedule's settings come from the config, so a resumed run that changes
+        e.g. OPTIM.MAX_EPOCH follows the new schedule instead of the checkpoint's."""
+        return {k: v for k, v in super().state_dict().items() if k not in self._SETTINGS}
+
+    def load_state_dict(self, state_dict):
+        """Restore progress and set the optimizer's lr from it (load after the optimizer's own state)."""
+        super().load_state_dict(state_dict)
+        self._last_lr = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr):
+            group["lr"] = lr
+
     def get_lr(self):
         return [self.lr_at(self.last_epoch, base) for base in self.base_lrs]
 

@@ -87,6 +87,21 @@ def test_scheduler_resumes_exactly_from_a_weights_only_checkpoint(tmp_path):
     assert resumed == pytest.approx(reference[3:])
 
 
+def test_resuming_with_more_epochs_follows_the_new_schedule():
+    short = _optim_cfg(LR_SCHEDULER="cosine", MAX_EPOCH=2)
+    param = torch.nn.Parameter(torch.zeros(1))
+    optim = build_optimizer([param], short)
+    sched = build_lr_scheduler(optim, short)
+    optim.step()
+    sched.step()
+    longer = _optim_cfg(LR_SCHEDULER="cosine", MAX_EPOCH=4)
+    optim2 = build_optimizer([param], longer)
+    sched2 = build_lr_scheduler(optim2, longer)
+    sched2.load_state_dict(sched.state_dict())
+    assert sched2.last_epoch == 1 and sched2.max_epoch == 4.0
+    assert optim2.param_groups[0]["lr"] == pytest.approx(_lrs(longer, 2)[1])
+
+
 def test_bad_scheduler_settings_name_the_key():
     with pytest.raises(ConfigError, match="OPTIM.LR_SCHEDULER"):
         _lrs(_optim_cfg(LR_SCHEDULER="poly"), 1)
