@@ -45,13 +45,24 @@ if ENGINE == "dassl":
     from dassl.config import get_cfg_default  # noqa: F401
     from dassl.data import DataManager  # noqa: F401
     from dassl.data.datasets import DATASET_REGISTRY, DatasetBase, Datum  # noqa: F401
-    from dassl.engine import TRAINER_REGISTRY, build_trainer  # noqa: F401
+    from dassl.engine import TRAINER_REGISTRY  # noqa: F401
     from dassl.engine import TrainerX as _DasslTrainerX
+    from dassl.engine import build_trainer as _dassl_build_trainer
     from dassl.metrics import compute_accuracy  # noqa: F401
     from dassl.utils import collect_env_info, set_random_seed, setup_logger  # noqa: F401
 
+    from .registry import check_availability as _check_availability
+
     class TrainerX(CheckpointMixin, _DasslTrainerX):
         """Dassl's TrainerX with the project's checkpoint saving, resuming and loading."""
+
+    def build_trainer(cfg):
+        """Dassl's ``build_trainer``, after checking TRAINER.NAME and DATASET.NAME like the built-in engine
+        does: a misspelt name is a ConfigError naming the key (one paragraph, exit status 2 in train.py)
+        instead of Dassl's bare ValueError traceback."""
+        _check_availability(cfg.TRAINER.NAME, TRAINER_REGISTRY.registered_names(), key="TRAINER.NAME")
+        _check_availability(cfg.DATASET.NAME, DATASET_REGISTRY.registered_names(), key="DATASET.NAME")
+        return _dassl_build_trainer(cfg)
 
 else:
     from .config import get_cfg_default  # noqa: F401

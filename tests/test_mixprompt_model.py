@@ -1,0 +1,129 @@
+"""MixPrompt's maths on random tensors: schedule, responsibilities, pooling, losses, balance, diagnostics."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainers import mixprompt_model as mm
+from trainers.mixprompt_diagnostics import collapse_diagnostics
+
+
+@pytest.mark.parametrize("schedule", mm.TAU_SCHEDULES)
+def test_tau_schedule_hits_its_endpoints_and_decreases(schedule):
+    taus = [mm.tau_at(p / 20, 1.0, 0.05, schedule) for p in range(21)]
+    assert taus[0] == pytest.approx(1.0)
+    assert taus[-1] == pytest.approx(0.05)
+    assert all(a >= b - 1e-12 for a, b in zip(taus, taus[1:]))
+    assert mm.tau_at(1.5, 1.0, 0.05, schedule) == pytest.approx(0.05)  # clamped
+
+
+def test_responsibilities_sum_to_one():
+    own = torch.randn(7, 5) * 30
+    for tau in (1.0, 0.05):
+        gamma = mm.responsibilities(own, tau)
+        assert torch.allclose(gamma.sum(-1), torch.ones(7))
+        assert (gamma >= 0).all()
+
+
+def test_pooling_agrees_with_brute_force():
+    torch.manual_seed(0)
+    image = F.normalize(torch.randn(3, 8), dim=-1)
+    subprompts = F.normalize(torch.randn(4, 5, 8), dim=-1)
+    scores = mm.subprompt_scores(image, subprompts, 20.0)
+    for b in range(3):
+        for c in range(4):
+            sims = [20.0 * float(image[b] @ subprompts[c, k]) for k in range(5)]
+            assert scores[b, c].tolist() == pytest.approx(sims, abs=1e-4)
+            assert float(mm.pool_scores(scores, "max")[b, c]) == pytest.approx(max(sims), abs=1e-4)
+            assert float(mm.pool_scores(scores, "mean")[b, c]) == pytest.approx(sum(sims) / 5, abs=1e-4)
+            lse = math.log(sum(math.exp(s) for s in sims) / 5)
+            assert float(mm.pool_scores(scores, "lse")[b, c]) == pytest.approx(lse, abs=1e-4)
+
+
+def test_mixture_loss_matches_its_definition():
+    torch.manual_seed(1)
+    scores = torch.randn(3, 4, 2)
+    labels = torch.tensor([0, 3, 1])
+    gamma = torch.tensor([[0.2, 0.8], [1.0, 0.0], [0.5, 0.5]])
+    expected = 0.0
+    for i in range(3):
+        log_p = torch.log_softmax(scores[i].flatten(), dim=0).reshape(4, 2)
+        expected -= float((gamma[i] * log_p[labels[i]]).sum())
+    assert float(mm.mixture_loss(scores, labels, gamma)) == pytest.approx(expected / 3, abs=1e-5)
+
+
+def _features_from(offsets, base):
+    return F.normalize(base.unsqueeze(1) + offsets, dim=-1)
+
+
+def test_diversity_loss_moves_the_offsets_and_pushes_features_apart():
+    torch.manual_seed(0)
+    base = F.normalize(torch.randn(3, 16), dim=-1)
+    for kind in ("cosine", "orthogonal"):
+        offsets = (0.01 * torch.randn(3, 4, 16)).requires_grad_()
+        loss = mm.diversity_loss(_features_from(offsets, base), kind)
+        loss.backward()
+        assert offsets.grad.abs().sum() > 0, kind
+        before = mm.pairwise_cosine(_features_from(offsets, base)).mean()
+        with torch.no_grad():
+            offsets -= 0.5 * offsets.grad
+        after = mm.pairwise_cosine(_features_from(offsets, base)).mean()
+        assert after < before, kind
+
+
+def test_usage_balance_carries_gradient_only_when_responsibilities_are_not_detached():
+    torch.manual_seed(0)
+    base = F.normalize(torch.randn(2, 16), dim=-1)
+    offsets = (0.1 * torch.randn(2, 3, 16)).requires_grad_()
+    image = F.normalize(torch.randn(6, 16), dim=-1)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    running = torch.full((2, 3), 1 / 3)
+    own = mm.own_class_scores(mm.subprompt_scores(image, _features_from(offsets, base), 100.0), labels)
+    loss, usage, classes = mm.usage_balance_loss(mm.responsibilities(own, 0.5), labels, running, 0.9)
+    loss.backward()
+    assert offsets.grad.abs().sum() > 0
+    assert torch.allclose(usage.sum(-1), torch.ones(2))
+    # the earlier implementation's bug: the same term on detached responsibilities is a constant
+    dead, _, _ = mm.usage_balance_loss(mm.responsibilities(own.detach(), 0.5), labels, running, 0.9)
+    assert not dead.requires_grad
+
+
+def test_usage_balance_is_zero_when_uniform_and_max_when_one_subprompt_takes_all():
+    labels = torch.tensor([0, 0])
+    uniform = torch.full((2, 4), 0.25)
+    loss, _, _ = mm.usage_balance_loss(uniform, labels, torch.full((1, 4), 0.25), 0.0)
+    assert float(loss) == pytest.approx(0.0, abs=1e-6)
+    onehot = torch.tensor([[1.0, 0, 0, 0], [1.0, 0, 0, 0]])
+    loss, _, _ = mm.usage_balance_loss(onehot, labels, torch.full((1, 4), 0.25), 0.0)
+    assert float(loss) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_sinkhorn_balances_usage_even_when_one_subprompt_dominates():
+    own = torch.zeros(8, 4)
+    own[:, 0] = 5.0  # every image prefers sub-prompt 0
+    gamma = mm.sinkhorn_balance(own, tau=1.0, n_iters=200)
+    assert torch.allclose(gamma.sum(1), torch.ones(8), atol=1e-4)
+    assert torch.allclose(gamma.sum(0), torch.full((4,), 2.0), atol=1e-3)
+
+
+def test_diagnostics_flag_the_collapse_signature_and_pass_specialised_subprompts():
+    torch.manual_seed(0)
+    n_cls, n_sub, dim = 3, 4, 32
+    labels = torch.arange(n_cls).repeat_interleave(8)
+    # collapse: diverse raw offsets, tiny next to the base, and one sub-prompt winning everything
+    base = F.normalize(torch.randn(n_cls, dim), dim=-1)
+    offsets = 0.05 * F.normalize(torch.randn(n_cls, n_sub, dim), dim=-1)
+    features = _features_from(offsets, base)
+    gamma = torch.zeros(len(labels), n_sub)
+    gamma[:, 0] = 1.0
+    diag = collapse_diagnostics(offsets, features, gamma, labels)
+    assert diag["feature_cos"] > 0.99 and diag["offset_cos"] < 0.5
+    assert diag["eff_k"] == pytest.approx(1.0) and diag["top1_share"] == pytest.approx(1.0)
+    assert diag["dead"] == pytest.approx(n_sub - 1) and diag["collapsed"]
+    # specialised: orthogonal features, each sub-prompt wins 2 of 8 images
+    spread = torch.eye(n_sub).repeat(len(labels) // n_sub, 1)
+    ortho = F.normalize(torch.eye(n_sub, dim).unsqueeze(0).repeat(n_cls, 1, 1), dim=-1)
+    diag = collapse_diagnostics(ortho, ortho, spread, labels)
+    assert diag["feature_cos"] == pytest.approx(0.0, abs=1e-6)
+    assert diag["eff_k"] == pytest.approx(n_sub) and diag["dead"] == 0 and not diag["collapsed"]

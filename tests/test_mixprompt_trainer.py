@@ -1,0 +1,100 @@
+"""MixPrompt through the real trainer on generated data with the tiny CLIP."""
+import pytest
+import torch
+
+from engine.errors import ConfigError
+
+MP = "configs/trainers/MixPrompt/vit_b16.yaml"
+
+
+def _batch(trainer):
+    torch.manual_seed(0)
+    return next(iter(trainer.train_loader_x))
+
+
+def _offset_grad(trainer, batch):
+    trainer.model.zero_grad(set_to_none=True)
+    trainer.epoch, trainer.batch_idx = 0, 0
+    trainer.before_epoch()
+    loss, _, _ = trainer.compute_loss(batch)
+    loss.backward()
+    return trainer.model.prompt_learner.offsets.grad.clone()
+
+
+@pytest.mark.parametrize("term, opts", [
+    ("diversity", ["TRAINER.MIXPROMPT.DIVERSITY", "orthogonal", "TRAINER.MIXPROMPT.DIVERSITY_WEIGHT"]),
+    ("diversity", ["TRAINER.MIXPROMPT.DIVERSITY", "cosine", "TRAINER.MIXPROMPT.DIVERSITY_WEIGHT"]),
+    ("balance", ["TRAINER.MIXPROMPT.BALANCE", "marginal_entropy", "TRAINER.MIXPROMPT.BALANCE_WEIGHT"]),
+    ("offset L2", ["TRAINER.MIXPROMPT.OFFSET_REG_WEIGHT"]),
+])
+@pytest.mark.parametrize("space", ["feature", "token"])
+def test_every_regularizer_sends_gradient_to_the_offsets(build_trainer_for, term, opts, space):
+    """A term that is constant w.r.t. the offsets (e.g. computed from detached responsibilities) leaves
+    the gradient unchanged when its weight changes, and fails here."""
+    common = ["TRAINER.MIXPROMPT.K", "3", "TRAINER.MIXPROMPT.OFFSET_SPACE", space, "TRAINER.MIXPROMPT.INIT",
+              "random", "TRAINER.MIXPROMPT.BALANCE", "none", "TRAINER.MIXPROMPT.DIVERSITY", "none",
+              "TRAINER.MIXPROMPT.OFFSET_REG_WEIGHT", "0.0"]
+    grads = []
+    for weight in ("0.0", "1.0"):
+        trainer = build_trainer_for("MixPrompt", config=MP, opts=common + opts + [weight])
+        grads.append(_offset_grad(trainer, _batch(trainer)))
+    assert not torch.allclose(grads[0], grads[1]), f"{term} sends no gradient to the offsets"
+
+
+def _eval_logits(trainer):
+    outputs = []
+    original = trainer.evaluator.process
+
+    def record(output, label):
+        outputs.append(output.detach().clone())
+        original(output, label)
+
+    trainer.evaluator.process = record
+    trainer.test()
+    trainer.evaluator.process = original
+    return torch.cat(outputs)
+
+
+@pytest.mark.parametrize("space", ["feature", "token"])
+def test_eval_cache_matches_uncached_and_is_invalidated_by_a_step_and_a_load(build_trainer_for, tmp_path, space):
+    trainer = build_trainer_for("MixPrompt", config=MP, opts=[
+        "TRAINER.MIXPROMPT.K", "3", "TRAINER.MIXPROMPT.OFFSET_SPACE", space, "TRAINER.MIXPROMPT.INIT", "random"])
+    cached = _eval_logits(trainer)
+    trainer.set_model_mode("eval")
+    with torch.no_grad():
+        uncached = torch.cat([trainer.model(batch["img"]) for batch in trainer.test_loader])
+    assert torch.allclose(cached, uncached, atol=1e-5)
+
+    trainer.save_model(0, str(tmp_path / "saved"))
+    trainer.set_model_mode("train")
+    trainer.epoch, trainer.batch_idx, trainer.num_batches = 0, 0, 99
+    trainer.before_epoch()
+    trainer.forward_backward(_batch(trainer))
+    after_step = _eval_logits(trainer)
+    assert not torch.allclose(after_step, cached), "evaluation did not see the optimizer step"
+
+    trainer.load_model(str(tmp_path / "saved"), epoch=1)
+    assert torch.allclose(_eval_logits(trainer), cached, atol=1e-5), "evaluation did not see the loaded weights"
+
+
+@pytest.mark.parametrize("opts, key", [
+    (["TRAINER.MIXPROMPT.K", "0"], "TRAINER.MIXPROMPT.K"),
+    (["TRAINER.MIXPROMPT.TAU_START", "0.1", "TRAINER.MIXPROMPT.TAU_END", "0.5"], "TAU_END"),
+    (["TRAINER.MIXPROMPT.TAU_END", "-0.1"], "TAU_START / TAU_END"),
+    (["TRAINER.MIXPROMPT.TAU_START", "0.0"], "TAU_START / TAU_END"),
+    (["TRAINER.MIXPROMPT.OFFSET_SPACE", "pixel"], "TRAINER.MIXPROMPT.OFFSET_SPACE"),
+    (["TRAINER.MIXPROMPT.POOL", "median"], "TRAINER.MIXPROMPT.POOL"),
+    (["TRAINER.MIXPROMPT.BALANCE", "minimum_usage"], "TRAINER.MIXPROMPT.BALANCE"),
+    (["TRAINER.MIXPROMPT.SCOPE", "class", "DATASET.SUBSAMPLE_CLASSES", "new"], "TRAINER.MIXPROMPT.SCOPE"),
+    (["TRAINER.MIXPROMPT.OFFSET_SPACE", "token", "TRAINER.MIXPROMPT.INIT", "kmeans"], "TRAINER.MIXPROMPT.INIT"),
+])
+def test_bad_mixprompt_settings_stop_at_startup_naming_the_key(build_trainer_for, opts, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("/", "/")):
+        build_trainer_for("MixPrompt", config=MP, opts=opts)
+
+
+def test_shared_scope_scores_new_classes(build_trainer_for):
+    trainer = build_trainer_for("MixPrompt", config=MP, opts=[
+        "TRAINER.MIXPROMPT.K", "2", "TRAINER.MIXPROMPT.SCOPE", "shared", "DATASET.SUBSAMPLE_CLASSES", "new"])
+    assert trainer.model.prompt_learner.offsets.shape[0] == 2  # (K, D): no per-class parameters
+    assert trainer.test() >= 0

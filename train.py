@@ -1,0 +1,179 @@
+"""Train or evaluate a CLIP prompt-learning method, with CoOp's command line.
+
+    python train.py --root DATA --trainer CoOp \
+        --dataset-config-file configs/datasets/stanford_cars.yaml \
+        --config-file configs/trainers/CoOp/vit_b16_ep50.yaml \
+        --output-dir output/stanford_cars/CoOp/seed1 --seed 1 DATASET.NUM_SHOTS 16
+
+Merge order (later wins): defaults + project keys, dataset YAML, trainer YAML, flags, trailing KEY VALUE
+opts. Differences from CoOp: ``--seed 0`` is honoured (CoOp silently ignores it), bad input stops with
+one paragraph naming the culprit (exit status 2), and the resolved config is saved as ``config.yaml``.
+"""
+import argparse
+import os
+import sys
+
+import torch
+import yaml
+
+try:
+    import engine
+except Exception as exc:  # MIXPROMPT_ENGINE misconfigured: say so without a traceback
+    if type(exc).__name__ in ("ConfigError", "UserError"):
+        print(f"ERROR: {exc}", file=sys.stderr)
+        sys.exit(2)
+    raise
+from engine import UserError, build_trainer, collect_env_info, get_cfg_default, set_random_seed, setup_logger
+from engine.errors import ConfigError
+
+import datasets  # noqa: F401  (registers datasets)
+import trainers  # noqa: F401  (registers trainers)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=str, default="", help="path to dataset")
+    parser.add_argument("--output-dir", type=str, default="", help="output directory")
+    parser.add_argument("--resume", type=str, default="", help="checkpoint directory (from which the training resumes)")
+    parser.add_argument("--seed", type=int, default=-1, help="only non-negative value enables a fixed seed")
+    parser.add_argument("--source-domains", type=str, nargs="+", help="source domains for DA/DG")
+    parser.add_argument("--target-domains", type=str, nargs="+", help="target domains for DA/DG")
+    parser.add_argument("--transforms", type=str, nargs="+", help="data augmentation methods")
+    parser.add_argument("--config-file", type=str, default="", help="path to config file")
+    parser.add_argument("--dataset-config-file", type=str, default="", help="path to config file for dataset setup")
+    parser.add_argument("--trainer", type=str, default="", help="name of trainer")
+    parser.add_argument("--backbone", type=str, default="", help="name of CNN backbone")
+    parser.add_argument("--head", type=str, default="", help="name of head")
+    parser.add_argument("--eval-only", action="store_true", help="evaluation only")
+    parser.add_argument("--model-dir", type=str, default="", help="load model from this directory for eval-only mode")
+    parser.add_argument("--load-epoch", type=int, help="load model weights at this epoch for evaluation")
+    parser.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
+    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
+                        help="modify config options using the command-line")
+    return parser
+
+
+def _yacs_error(exc, where):
+    """Turn yacs' KeyError / ValueError / AssertionError into a ConfigError naming the source."""
+    msg = exc.args[0] if exc.args else str(exc)
+    if isinstance(exc, (KeyError, AssertionError)) and "Non-existent" in str(msg):
+        key = str(msg).split(":", 1)[-1].strip()
+        return ConfigError(f"Unknown config key {key} in {where}. Keys must exist in the defaults; check the "
+                           "spelling (trainer keys live under TRAINER.<NAME>, e.g. TRAINER.COOP.N_CTX).")
+    if isinstance(exc, ValueError) and "Type mismatch" in str(msg):
+        return ConfigError(f"Wrong type in {where}: {msg}. Write floats with a decimal point (0.002, 1e-3) "
+                           "and integers without one.")
+    return ConfigError(f"Invalid config in {where}: {type(exc).__name__}: {msg}")
+
+
+def merge_file(cfg, path, what):
+    if not os.path.isfile(path):
+        raise ConfigError(f'{what} "{path}" does not exist')
+    try:
+        cfg.merge_from_file(path)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f'{what} "{path}" is not valid YAML: {exc}') from None
+    except (KeyError, ValueError, AssertionError, TypeError) as exc:
+        raise _yacs_error(exc, f'{what} "{path}"') from None
+
+
+def reset_cfg(cfg, args):
+    if args.root:
+        cfg.DATASET.ROOT = args.root
+    if args.output_dir:
+        cfg.OUTPUT_DIR = args.output_dir
+    if args.resume:
+        cfg.RESUME = args.resume
+    if args.seed >= 0:
+        cfg.SEED = args.seed
+    if args.source_domains:
+        cfg.DATASET.SOURCE_DOMAINS = args.source_domains
+    if args.target_domains:
+        cfg.DATASET.TARGET_DOMAINS = args.target_domains
+    if args.transforms:
+        cfg.INPUT.TRANSFORMS = args.transforms
+    if args.trainer:
+        cfg.TRAINER.NAME = args.trainer
+    if args.backbone:
+        cfg.MODEL.BACKBONE.NAME = args.backbone
+    if args.head:
+        cfg.MODEL.HEAD.NAME = args.head
+
+
+def setup_cfg(args):
+    cfg = get_cfg_default()
+    trainers.extend_cfg(cfg)
+    if args.dataset_config_file:
+        merge_file(cfg, args.dataset_config_file, "dataset config file")
+    if args.config_file:
+        merge_file(cfg, args.config_file, "config file")
+    reset_cfg(cfg, args)
+    opts = args.opts or []
+    if len(opts) % 2:
+        raise ConfigError(f"Command-line options must be KEY VALUE pairs; got an odd number: {opts}")
+    try:
+        cfg.merge_from_list(opts)
+    except (KeyError, ValueError, AssertionError, TypeError) as exc:
+        raise _yacs_error(exc, "the command-line options") from None
+    cfg.freeze()
+    return cfg
+
+
+def print_header(args, cfg):
+    print("***************")
+    print("** Arguments **")
+    print("***************")
+    for key in sorted(vars(args)):
+        print(f"{key}: {getattr(args, key)}")
+    print("************")
+    print("** Config **")
+    print("************")
+    print(cfg)
+    print(f"Engine: {engine.ENGINE}")
+
+
+def save_resolved_config(cfg):
+    path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+    if os.path.exists(path):  # a re-run into the same folder keeps the first config next to its log
+        path = os.path.join(cfg.OUTPUT_DIR, "config-latest.yaml")
+    with open(path, "w") as f:
+        f.write(cfg.dump())
+
+
+def main(args):
+    cfg = setup_cfg(args)
+    if cfg.SEED >= 0:
+        print(f"Setting fixed seed: {cfg.SEED}")
+        set_random_seed(cfg.SEED)
+    setup_logger(cfg.OUTPUT_DIR)
+    if torch.cuda.is_available() and cfg.USE_CUDA:
+        torch.backends.cudnn.benchmark = True
+    print_header(args, cfg)
+    save_resolved_config(cfg)
+    print("Collecting env info ...")
+    print(f"** System info **\n{collect_env_info()}\n")
+    trainer = build_trainer(cfg)
+    if args.eval_only:
+        trainer.load_model(args.model_dir, epoch=args.load_epoch)
+        trainer.test()
+        return
+    if not args.no_train:
+        trainer.train()
+
+
+def report_user_error(exc):
+    """One paragraph on stderr (and in log.txt when the logger is up), no traceback."""
+    message = f"ERROR: {exc}"
+    print(message, file=sys.stderr)
+    log_file = getattr(sys.stdout, "file", None)
+    if log_file is not None:
+        log_file.write(message + "\n")
+        log_file.flush()
+
+
+if __name__ == "__main__":
+    try:
+        main(build_parser().parse_args())
+    except UserError as exc:
+        report_user_error(exc)
+        sys.exit(2)

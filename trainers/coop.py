@@ -1,0 +1,54 @@
+"""CoOp (Zhou et al., IJCV 2022): learnable context vectors shared by all classes, or class-specific."""
+from engine import TRAINER_REGISTRY
+from engine.errors import ConfigError
+
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .base import CLIPTrainer
+from .clip_heads import CLIPClassifier
+from .config import CLASS_TOKEN_POSITIONS
+from .prompts import ClassPromptTokens, assemble_prompts, init_context
+
+
+class CoOpPromptLearner(nn.Module):
+    def __init__(self, cfg, classnames, text_encoder, dtype):
+        super().__init__()
+        coop = cfg.TRAINER.COOP
+        ctx, _ = init_context(text_encoder, coop.N_CTX, coop.CTX_INIT, len(classnames),
+                              coop.CSC and not coop.CTX_INIT, dtype, "TRAINER.COOP")
+        self.ctx = nn.Parameter(ctx)  # (M, W) or (C, M, W)
+        n_ctx = ctx.shape[-2]
+        self.tokens = ClassPromptTokens(text_encoder, classnames, n_ctx, dtype)
+        self.class_token_position = coop.CLASS_TOKEN_POSITION
+
+    def forward(self):
+        """Prompt embeddings (C, L, W) for all classes."""
+        return assemble_prompts(self.ctx, self.tokens, self.class_token_position)
+
+
+class CoOpClassifier(CLIPClassifier):
+    def __init__(self, cfg, classnames, clip_model):
+        super().__init__(clip_model)
+        self.prompt_learner = CoOpPromptLearner(cfg, classnames, self.text_encoder, self.dtype)
+
+    def text_features(self):
+        prompts = self.prompt_learner()
+        features = self.text_encoder(prompts, self.prompt_learner.tokens.tokenized_prompts)  # (C, D)
+        return F.normalize(features, dim=-1)
+
+
+@TRAINER_REGISTRY.register()
+class CoOp(CLIPTrainer):
+    cfg_node = "COOP"
+
+    def check_cfg(self, cfg):
+        coop = cfg.TRAINER.COOP
+        if coop.CLASS_TOKEN_POSITION not in CLASS_TOKEN_POSITIONS:
+            raise ConfigError(f'TRAINER.COOP.CLASS_TOKEN_POSITION: "{coop.CLASS_TOKEN_POSITION}" is not one of '
+                              f"{list(CLASS_TOKEN_POSITIONS)}")
+        if not coop.CTX_INIT and coop.N_CTX < 1:
+            raise ConfigError(f"TRAINER.COOP.N_CTX: must be >= 1, got {coop.N_CTX}")
+
+    def build_clip_model(self, classnames, clip_model):
+        return CoOpClassifier(self.cfg, classnames, clip_model)

@@ -1,0 +1,155 @@
+"""MixPrompt's model: sub-prompt features, responsibilities, losses, tau schedule, diagnostics.
+
+Pure torch, no trainer or dataset: everything here is testable on random tensors. Notation (DESIGN §5):
+C classes, K sub-prompts, D feature dim, B images; f image features and t[c, k] sub-prompt text features,
+both L2-normalised; a = similarity scale; tau = EM temperature.
+
+Objective per batch (``MixPromptObjective``):
+- E-step: responsibilities gamma[i, k] = softmax_k(a * cos(f_i, t[y_i, k]) / tau), detached targets (or
+  balanced targets from an epoch-level Sinkhorn E-step, see ``sinkhorn_balance``);
+- M-step mixture loss: cross-entropy of the (class, sub-prompt) pair over all C*K pairs, weighted by
+  gamma, so a sub-prompt is pulled toward the images it is responsible for and pushed away from the rest;
+- class loss: cross-entropy of the pooled class scores;  L = LAMBDA * mix + (1 - LAMBDA) * class;
+- regularisers, each carrying gradient to what it must move: L2 on raw offsets; diversity on the final
+  features t[c, :] (not on the raw offsets, which can look diverse while t collapses); usage balance on
+  the class-level marginal usage of sub-prompts, computed from *non-detached* soft responsibilities and
+  smoothed by a running estimate (a batch holds ~0-1 images of a class). Per-image entropy is NOT used:
+  pushing every image toward uniform responsibilities is what makes sub-prompts identical.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+TAU_SCHEDULES = ("cosine", "linear", "exponential")
+POOLS = ("max", "lse", "mean")
+DIVERSITY_TYPES = ("none", "cosine", "orthogonal")
+BALANCE_TYPES = ("none", "marginal_entropy", "sinkhorn")
+
+
+def tau_at(progress, tau_start, tau_end, schedule="cosine"):
+    """EM temperature after ``progress`` in [0, 1] of training (by iteration)."""
+    p = min(max(float(progress), 0.0), 1.0)
+    if schedule == "cosine":
+        return tau_end + (tau_start - tau_end) * (1 + math.cos(math.pi * p)) / 2
+    if schedule == "linear":
+        return tau_start + (tau_end - tau_start) * p
+    if schedule == "exponential":
+        return tau_start * (tau_end / tau_start) ** p
+    raise ValueError(f"unknown tau schedule {schedule!r}; expected one of {TAU_SCHEDULES}")
+
+
+def subprompt_scores(image_features, subprompt_features, scale):
+    """(B, C, K) = scale * cos(f_i, t[c, k]); both inputs L2-normalised, (B, D) and (C, K, D)."""
+    return scale * torch.einsum("bd,ckd->bck", image_features, subprompt_features.to(image_features.dtype))
+
+
+def pool_scores(scores, pool):
+    """Class scores (B, C) from sub-prompt scores (B, C, K). ``lse`` is log-mean-exp, so K identical
+    sub-prompts give the same score as one."""
+    if pool == "max":
+        return scores.max(dim=-1).values
+    if pool == "lse":
+        return torch.logsumexp(scores, dim=-1) - math.log(scores.shape[-1])
+    if pool == "mean":
+        return scores.mean(dim=-1)
+    raise ValueError(f"unknown pool {pool!r}; expected one of {POOLS}")
+
+
+def own_class_scores(scores, labels):
+    """(B, K): the scores of each image's own class sub-prompts."""
+    return scores[torch.arange(scores.shape[0], device=scores.device), labels]
+
+
+def responsibilities(own_scores, tau):
+    """gamma (B, K) = softmax_k(own_scores / tau); rows sum to one. Differentiable: detach for targets."""
+    return F.softmax(own_scores / tau, dim=-1)
+
+
+def mixture_loss(scores, labels, gamma):
+    """-sum_k gamma[i, k] log p(y_i, k | f_i), p a softmax over all C*K (class, sub-prompt) pairs."""
+    batch, n_cls, n_sub = scores.shape
+    log_p = F.log_softmax(scores.reshape(batch, n_cls * n_sub), dim=-1).reshape(batch, n_cls, n_sub)
+    return -(gamma * own_class_scores(log_p, labels)).sum(dim=-1).mean()
+
+
+def class_loss(scores, labels, pool):
+    return F.cross_entropy(pool_scores(scores, pool), labels)
+
+
+def pairwise_cosine(vectors):
+    """Mean off-diagonal cosine per row of (..., K, D) -> (...,); NaN-free for K = 1 (returns 1)."""
+    n_sub = vectors.shape[-2]
+    if n_sub < 2:
+        return torch.ones(vectors.shape[:-2], device=vectors.device)
+    unit = F.normalize(vectors.float(), dim=-1)
+    gram = unit @ unit.transpose(-1, -2)  # (..., K, K)
+    off_diag = gram.sum(dim=(-1, -2)) - gram.diagonal(dim1=-2, dim2=-1).sum(-1)
+    return off_diag / (n_sub * (n_sub - 1))
+
+
+def diversity_loss(subprompt_features, kind):
+    """Penalty on the similarity of the final features t (C, K, D) of each class's sub-prompts.
+
+    ``cosine``: mean pairwise cosine (pushes sub-prompts apart); ``orthogonal``: mean squared off-diagonal
+    cosine (pushes toward orthogonal, no reward beyond it). Zero for ``none`` or K = 1.
+    """
+    if kind == "none" or subprompt_features.shape[-2] < 2:
+        return subprompt_features.new_zeros(())
+    unit = F.normalize(subprompt_features.float(), dim=-1)
+    gram = unit @ unit.transpose(-1, -2)  # (C, K, K)
+    n_sub = gram.shape[-1]
+    mask = ~torch.eye(n_sub, dtype=torch.bool, device=gram.device)
+    off = gram[:, mask]  # (C, K*(K-1))
+    if kind == "cosine":
+        return off.mean()
+    if kind == "orthogonal":
+        return off.pow(2).mean()
+    raise ValueError(f"unknown diversity type {kind!r}; expected one of {DIVERSITY_TYPES}")
+
+
+def entropy(probs, dim=-1):
+    return -(probs * probs.clamp_min(1e-12).log()).sum(dim=dim)
+
+
+def usage_balance_loss(soft_gamma, labels, running_usage, momentum):
+    """1 - H(u_c) / log K averaged over the classes in the batch, where u_c is the class's marginal
+    sub-prompt usage: ``momentum * running_usage[c] + (1 - momentum) * mean of soft_gamma over the
+    batch's images of class c``. ``soft_gamma`` (B, K) must carry gradient; ``running_usage`` (C, K) is a
+    detached estimate. Returns (loss, batch_usage (C_b, K) detached, classes (C_b,))."""
+    n_sub = soft_gamma.shape[-1]
+    classes, inverse = torch.unique(labels, return_inverse=True)
+    sums = soft_gamma.new_zeros(len(classes), n_sub).index_add(0, inverse, soft_gamma)
+    counts = torch.bincount(inverse, minlength=len(classes)).to(soft_gamma.dtype).unsqueeze(1)
+    batch_usage = sums / counts  # (C_b, K)
+    usage = momentum * running_usage[classes].to(batch_usage.dtype) + (1 - momentum) * batch_usage
+    if n_sub < 2:
+        return soft_gamma.new_zeros(()), batch_usage.detach(), classes
+    loss = 1 - (entropy(usage) / math.log(n_sub)).mean()
+    return loss, batch_usage.detach(), classes
+
+
+@torch.no_grad()
+def sinkhorn_balance(own_scores, tau, n_iters=50):
+    """Balanced responsibilities (N, K) for N images of one class: rows sum to one and every sub-prompt
+    receives N / K images' worth of mass (Sinkhorn-Knopp on exp(scores / tau))."""
+    n_img, n_sub = own_scores.shape
+    log_q = own_scores.double() / tau
+    log_q = log_q - log_q.max()
+    q = log_q.exp()
+    for _ in range(n_iters):
+        q = q / q.sum(dim=0, keepdim=True).clamp_min(1e-300) * (n_img / n_sub)
+        q = q / q.sum(dim=1, keepdim=True).clamp_min(1e-300)
+    return q.to(own_scores.dtype)
+
+
+def usage_from_gamma(gamma, labels, n_cls):
+    """Per-class hard usage (share of images whose arg-max sub-prompt is k) and soft usage (mean gamma),
+    both (C, K), plus image counts (C,). Classes without images get zero rows."""
+    n_sub = gamma.shape[-1]
+    counts = torch.bincount(labels, minlength=n_cls).to(gamma.dtype)  # (C,)
+    hard = torch.zeros(n_cls, n_sub, dtype=gamma.dtype, device=gamma.device)
+    hard.index_put_((labels, gamma.argmax(dim=-1)), torch.ones_like(labels, dtype=gamma.dtype), accumulate=True)
+    soft = torch.zeros(n_cls, n_sub, dtype=gamma.dtype, device=gamma.device).index_add(0, labels, gamma)
+    denom = counts.clamp_min(1).unsqueeze(1)
+    return hard / denom, soft / denom, counts
