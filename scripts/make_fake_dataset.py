@@ -115,15 +115,28 @@ def _pattern_mask(kind, cycles, height, width, phase):
     return (np.floor(radius) % 2).astype(bool)
 
 
-def render_class_image(label, num_classes, image_size, rng):
-    """One RGB uint8 image of class ``label``: its pattern and colours, jittered and noisy."""
+def render_class_image(label, num_classes, image_size, rng, mode=0):
+    """One RGB uint8 image of class ``label``: its pattern and colours, jittered and noisy.
+
+    ``mode`` > 0 gives the same class a different look (like the front and rear views of one car model):
+    odd modes swap foreground and background colours, and modes >= 2 cover a quadrant (which one depends
+    on the mode) with a flat grey block.
+    """
     style = _class_style(label, num_classes)
     height = image_size
     width = image_size + int(rng.integers(0, image_size // 4 + 1))
     mask = _pattern_mask(style["kind"], style["cycles"], height, width, phase=rng.uniform(0, 0.3))
     fg = style["fg"] + rng.uniform(-12, 12, size=3)
     bg = style["bg"] + rng.uniform(-12, 12, size=3)
-    image = np.where(mask[..., None], fg, bg) + rng.normal(0, 6, size=(height, width, 3))
+    if mode % 2:
+        fg, bg = bg, fg
+    image = np.where(mask[..., None], fg, bg)
+    if mode >= 2:
+        quadrant = (mode // 2 - 1) % 4
+        rows = slice(0, height // 2) if quadrant < 2 else slice(height // 2, height)
+        cols = slice(0, width // 2) if quadrant % 2 == 0 else slice(width // 2, width)
+        image[rows, cols] = 128
+    image = image + rng.normal(0, 6, size=(height, width, 3))
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
@@ -141,13 +154,17 @@ def _prepare_target(target, force):
     target.mkdir(parents=True, exist_ok=True)
 
 
-def _write_image_folder(folder, labels, num_classes, image_size, rng):
-    """Images 00001.jpg ... for ``labels`` (in file-number order); returns their annotation records."""
+def _write_image_folder(folder, labels, num_classes, image_size, rng, modes=1):
+    """Images 00001.jpg ... for ``labels`` (in file-number order); returns their annotation records.
+    With ``modes`` > 1 the images of each class cycle through that many looks."""
     folder.mkdir()
     records = []
+    seen = {}
     for number, label in enumerate((int(x) for x in labels), start=1):
         fname = f"{number:05d}.jpg"
-        pixels = render_class_image(label, num_classes, image_size, rng)
+        mode = seen.get(label, 0) % modes
+        seen[label] = seen.get(label, 0) + 1
+        pixels = render_class_image(label, num_classes, image_size, rng, mode=mode)
         Image.fromarray(pixels).save(folder / fname, quality=92)
         height, width = pixels.shape[:2]
         records.append({
@@ -183,7 +200,7 @@ def _write_split(target, train_records, test_records, names, seed):
 
 
 def write_fake_stanford_cars(root, classes=6, train_per_class=8, test_per_class=4, seed=0, image_size=64,
-                             with_split=False, force=False):
+                             with_split=False, force=False, modes=1):
     """Write ``root/stanford_cars`` in the original release format; returns that folder.
 
     cars_train/ and cars_test/ hold five-digit JPEGs (the same names occur in both), devkit/ holds
@@ -191,8 +208,8 @@ def write_fake_stanford_cars(root, classes=6, train_per_class=8, test_per_class=
     cars_test_annos_withlabels.mat sits next to the image folders. ``with_split`` also writes CoOp's
     split JSON. An existing non-empty folder is refused unless ``force``.
     """
-    if classes < 1 or train_per_class < 1 or test_per_class < 1 or image_size < 8:
-        raise UserError("need classes >= 1, train/test images per class >= 1 and image size >= 8")
+    if classes < 1 or train_per_class < 1 or test_per_class < 1 or image_size < 8 or modes < 1:
+        raise UserError("need classes >= 1, train/test images per class >= 1, image size >= 8 and modes >= 1")
     target = Path(root).expanduser().resolve() / "stanford_cars"
     _prepare_target(target, force)
     rng = np.random.default_rng(seed)
@@ -202,8 +219,8 @@ def write_fake_stanford_cars(root, classes=6, train_per_class=8, test_per_class=
     test_labels = np.repeat(np.arange(classes), test_per_class)
     rng.shuffle(train_labels)
     rng.shuffle(test_labels)
-    train_records = _write_image_folder(target / "cars_train", train_labels, classes, image_size, rng)
-    test_records = _write_image_folder(target / "cars_test", test_labels, classes, image_size, rng)
+    train_records = _write_image_folder(target / "cars_train", train_labels, classes, image_size, rng, modes)
+    test_records = _write_image_folder(target / "cars_test", test_labels, classes, image_size, rng, modes)
 
     (target / "devkit").mkdir()
     save_class_names(target / "devkit" / "cars_meta.mat", names)
@@ -238,8 +255,11 @@ def _add_stanford_cars(subparsers):
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--with-split", action="store_true", help="also write CoOp's split_zhou_StanfordCars.json")
     p.add_argument("--force", action="store_true", help="replace an existing ROOT/stanford_cars")
+    p.add_argument("--modes", type=int, default=1,
+                   help="distinct looks per class (swapped colours, grey quadrant), for sub-prompts to find")
     p.set_defaults(run=lambda a: write_fake_stanford_cars(
-        a.root, a.classes, a.train_per_class, a.test_per_class, a.seed, a.image_size, a.with_split, a.force
+        a.root, a.classes, a.train_per_class, a.test_per_class, a.seed, a.image_size, a.with_split, a.force,
+        a.modes
     ))
 
 

@@ -16,7 +16,7 @@ import torch
 
 from .mixprompt_model import entropy, pairwise_cosine, usage_from_gamma
 
-DEFAULT_COLLAPSE_FEATURE_COS = 0.95
+DEFAULT_COLLAPSE_FEATURE_COS = 0.98
 DEFAULT_COLLAPSE_TOP1_SHARE = 0.9
 
 
