@@ -167,11 +167,20 @@ class CheckpointMixin:
     # taken from a checkpoint, so a generic context trained on one class list can score another.
     checkpoint_ignored_keys = ()
 
+    # Training statistics sized by the number of classes (e.g. MixPrompt's running usage): restored when
+    # the class list matches, skipped with a note when a model is evaluated on other classes (base-to-new).
+    checkpoint_class_sized_keys = ()
+
     def _load_learned_state(self, name, state_dict, fpath):
         model = self._models[name]
         ignored = set(self.checkpoint_ignored_keys)
         state_dict = {k: v for k, v in state_dict.items() if k not in ignored}
         own = model.state_dict()
+        for key in self.checkpoint_class_sized_keys:
+            if key in state_dict and key in own and state_dict[key].shape != own[key].shape:
+                print(f"Note: {key} in the checkpoint is for {tuple(state_dict[key].shape)[0]} classes, this model "
+                      f"has {tuple(own[key].shape)[0]}; keeping the model's own (training statistic only)")
+                state_dict[key] = own[key]
         missing = [k for k in own if k not in state_dict and k not in ignored]
         unexpected = [k for k in state_dict if k not in own]
         mismatched = [k for k in state_dict if k in own and own[k].shape != state_dict[k].shape]

@@ -68,3 +68,15 @@ def test_offset_spaces_and_scopes_train_and_evaluate(opts, cars_root, tiny_clip,
     assert ACCURACY.search(proc.stdout.split("Finish training")[-1])
     assert len(_epochs(out)) == 2
     assert os.path.isfile(os.path.join(out, "prompt_learner", "model.pth.tar-2"))
+
+
+def test_shared_scope_trained_on_base_classes_evaluates_on_new_ones(cars_root, tiny_clip, tmp_path):
+    base = str(tmp_path / "base")
+    shared = ["TRAINER.MIXPROMPT.K", "2", "TRAINER.MIXPROMPT.SCOPE", "shared", "TRAINER.MIXPROMPT.BALANCE",
+              "marginal_entropy"]
+    run_train(train_args("MixPrompt", cars_root, base, tiny_clip, config=MP,
+                         opts=shared + ["DATASET.SUBSAMPLE_CLASSES", "base"]))
+    proc = run_train(train_args("MixPrompt", cars_root, str(tmp_path / "new"), tiny_clip, config=MP, extra=[
+        "--eval-only", "--model-dir", base, "--load-epoch", "2"], opts=shared + ["DATASET.SUBSAMPLE_CLASSES", "new"]))
+    assert "SUBSAMPLE NEW CLASSES!" in proc.stdout
+    assert ACCURACY.search(proc.stdout)

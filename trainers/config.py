@@ -50,7 +50,7 @@ def add_mixprompt_config(cfg):
     m.N_CTX = 4
     m.CTX_INIT = "a photo of a"  # sets N_CTX to its token count when non-empty
     m.CLASS_TOKEN_POSITION = "end"  # end | middle | front
-    m.ENCODE_CHUNK = 0  # token space: encode the C*K prompts in chunks of this many rows (0 = all at once)
+    m.ENCODE_CHUNK = 1024  # token space: encode the C*K prompts in chunks of this many rows (0 = all at once)
     # feature space: templates of the frozen base class feature b[c]
     m.TEMPLATES = "hierarchical"  # dataset | ensemble | hierarchical (class metadata; else ensemble)
     # EM temperature, annealed by iteration from TAU_START to TAU_END

@@ -233,6 +233,7 @@ def template_offsets(text_encoder, dataset_name, classnames, metadata, base, n_s
 class MixPrompt(CLIPTrainer):
     cfg_node = "MIXPROMPT"
     checkpoint_ignored_keys = ("token_prefix", "token_suffix", "tokenized_prompts", "base_features")
+    checkpoint_class_sized_keys = ("running_usage",)
 
     def check_cfg(self, cfg):
         validate_mixprompt_cfg(cfg)
