@@ -103,6 +103,7 @@ def reset_cfg(cfg, args):
 def setup_cfg(args):
     cfg = get_cfg_default()
     trainers.extend_cfg(cfg)
+    datasets.extend_cfg(cfg)
     if args.dataset_config_file:
         merge_file(cfg, args.dataset_config_file, "dataset config file")
     if args.config_file:

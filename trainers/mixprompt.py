@@ -351,9 +351,11 @@ class MixPrompt(CLIPTrainer):
 
     # -- diagnostics ------------------------------------------------------------------------------
     @torch.no_grad()
-    def diagnostics(self):
+    def diagnostics(self, with_assignments=False):
+        """Collapse diagnostics over the training images; with ``with_assignments`` also each image's
+        arg-max sub-prompt (``assignments``: impath, label, subprompt lists), for mode-recovery analyses."""
         m = self.cfg.TRAINER.MIXPROMPT
-        features, labels, _ = self.train_features()
+        features, labels, indices = self.train_features()
         subprompts = self.model.text_features()
         own = mm.own_class_scores(self.model.scores(features.to(self.device), subprompts), labels.to(self.device))
         tau = self.tau_at_step(self.epoch, len(self.train_loader_x) - 1)
@@ -361,6 +363,13 @@ class MixPrompt(CLIPTrainer):
         diag = collapse_diagnostics(self.model.prompt_learner.flat_offsets().cpu(), subprompts.cpu(), gamma.cpu(),
                                     labels.cpu(), m.COLLAPSE_FEATURE_COS, m.COLLAPSE_TOP1_SHARE)
         diag["tau"] = tau
+        if with_assignments:
+            items = self.dm.dataset.train_x
+            diag["assignments"] = {
+                "impath": [items[i].impath for i in indices.tolist()],
+                "label": labels.tolist(),
+                "subprompt": gamma.argmax(dim=-1).cpu().tolist(),
+            }
         return diag
 
     def before_train(self):
@@ -390,15 +399,14 @@ class MixPrompt(CLIPTrainer):
         return result
 
     def write_summary(self):
-        diag = self.diagnostics()
+        """Print the final diagnostics and write them, per class and per image, to the run folder."""
+        diag = self.diagnostics(with_assignments=True)
         print("=> collapse diagnostics (training images)")
         print(f"* {format_diagnostics(diag)}")
         print(f"* rule: {diag['rule']}")
-        summary = {k: v for k, v in diag.items() if k != "per_class"}
-        path = os.path.join(self.output_dir, SUMMARY_FILE)
         os.makedirs(self.output_dir, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump({**summary, "per_class": diag["per_class"]}, f, indent=2)
+        with open(os.path.join(self.output_dir, SUMMARY_FILE), "w") as f:
+            json.dump(diag, f, indent=1)
 
 
 def validate_mixprompt_cfg(cfg):
