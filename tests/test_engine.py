@@ -168,3 +168,17 @@ def test_checkpoints_are_atomic_and_keep_dassl_layout(tmp_path):
     with pytest.raises(RuntimeError):
         atomic_torch_save({"x": Boom()}, str(folder / "model.pth.tar-4"))
     assert sorted(os.listdir(folder)) == ["checkpoint", "model.pth.tar-3"]
+
+
+def test_classification_evaluator_prints_coop_lines_and_per_class_results(capsys):
+    from engine.evaluation import Classification
+
+    cfg = get_cfg_default()
+    cfg.TEST.PER_CLASS_RESULT = True
+    evaluator = Classification(cfg, lab2cname={0: "cat", 1: "dog"})
+    evaluator.process(torch.tensor([[2.0, 1.0], [0.0, 1.0], [3.0, 0.0], [0.0, 5.0]]), torch.tensor([0, 0, 1, 1]))
+    results = evaluator.evaluate()
+    out = capsys.readouterr().out
+    assert results["accuracy"] == 50.0 and results["perclass_accuracy"] == 50.0
+    assert "* accuracy: 50.0%" in out and "* error: 50.0%" in out and "* macro_f1: 50.0%" in out
+    assert "* class: 0 (cat)\ttotal: 2\tcorrect: 1\tacc: 50.0%" in out and "* average: 50.0%" in out

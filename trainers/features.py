@@ -23,11 +23,7 @@ class _Images(Dataset):
 @torch.no_grad()
 def compute_image_features(model, items, cfg, device):
     """(features (N, D) float32 on CPU, L2-normalised; labels (N,); indices (N,) = positions in ``items``)."""
-    import contextlib
-    import io
-
-    with contextlib.redirect_stdout(io.StringIO()):  # the transform was already described in the log
-        transform = build_transform(cfg, is_train=False)
+    transform = build_transform(cfg, is_train=False, verbose=False)  # already described in the log
     loader = DataLoader(_Images(items, transform), batch_size=cfg.DATALOADER.TEST.BATCH_SIZE, shuffle=False,
                         num_workers=cfg.DATALOADER.NUM_WORKERS)
     feats, labels, indices = [], [], []

@@ -170,7 +170,7 @@ def random_offsets(shape, scale, generator=None):
 
 
 def kmeans(points, n_clusters, n_iters=25, generator=None):
-    """Spherical-free plain k-means (k-means++ seeding) -> centroids (n_clusters, D). Needs len >= k."""
+    """Plain k-means with k-means++ seeding: centroids (n_clusters, D) of ``points`` (N >= n_clusters, D)."""
     first = torch.randint(len(points), (1,), generator=generator)
     centroids = [points[first]]
     for _ in range(1, n_clusters):

@@ -27,9 +27,11 @@ def _check(cfg):
         raise ConfigError(f'INPUT.INTERPOLATION: "{cfg.INPUT.INTERPOLATION}" is not one of {list(INTERPOLATION_MODES)}')
 
 
-def build_transform(cfg, is_train=True):
+def build_transform(cfg, is_train=True, verbose=True):
+    """The training or test pipeline of ``cfg.INPUT``; ``verbose`` prints each step like Dassl."""
+    log = print if verbose else (lambda *args, **kwargs: None)
     if cfg.INPUT.NO_TRANSFORM:
-        print("Note: no transform is applied!")
+        log("Note: no transform is applied!")
         return None
     _check(cfg)
     choices = cfg.INPUT.TRANSFORMS
@@ -38,39 +40,39 @@ def build_transform(cfg, is_train=True):
     normalize = Normalize(mean=cfg.INPUT.PIXEL_MEAN, std=cfg.INPUT.PIXEL_STD)
     tfms = []
     if is_train:
-        print("Building transform_train")
+        log("Building transform_train")
         if "random_crop" not in choices and "random_resized_crop" not in choices:
-            print(f"+ resize to {size[0]}x{size[1]}")
+            log(f"+ resize to {size[0]}x{size[1]}")
             tfms.append(Resize(size, interpolation=interp))
         if "random_crop" in choices:
-            print(f"+ random crop (padding = {cfg.INPUT.CROP_PADDING})")
+            log(f"+ random crop (padding = {cfg.INPUT.CROP_PADDING})")
             tfms.append(RandomCrop(size, padding=cfg.INPUT.CROP_PADDING))
         if "random_resized_crop" in choices:
             scale = tuple(cfg.INPUT.RRCROP_SCALE)
-            print(f"+ random resized crop (size={size}, scale={scale})")
+            log(f"+ random resized crop (size={size}, scale={scale})")
             tfms.append(RandomResizedCrop(size, scale=scale, interpolation=interp))
         if "random_flip" in choices:
-            print("+ random flip")
+            log("+ random flip")
             tfms.append(RandomHorizontalFlip())
         if "colorjitter" in choices:
-            print("+ color jitter")
+            log("+ color jitter")
             tfms.append(ColorJitter(brightness=cfg.INPUT.COLORJITTER_B, contrast=cfg.INPUT.COLORJITTER_C,
                                     saturation=cfg.INPUT.COLORJITTER_S, hue=cfg.INPUT.COLORJITTER_H))
         if "randomgrayscale" in choices:
-            print("+ random gray scale")
+            log("+ random gray scale")
             tfms.append(RandomGrayscale(p=cfg.INPUT.RGS_P))
         if "gaussian_blur" in choices:
-            print(f"+ gaussian blur (kernel={cfg.INPUT.GB_K})")
+            log(f"+ gaussian blur (kernel={cfg.INPUT.GB_K})")
             tfms.append(RandomApply([GaussianBlur(cfg.INPUT.GB_K)], p=cfg.INPUT.GB_P))
     else:
-        print("Building transform_test")
-        print(f"+ resize the smaller edge to {max(size)}")
+        log("Building transform_test")
+        log(f"+ resize the smaller edge to {max(size)}")
         tfms.append(Resize(max(size), interpolation=interp))
-        print(f"+ {size[0]}x{size[1]} center crop")
+        log(f"+ {size[0]}x{size[1]} center crop")
         tfms.append(CenterCrop(size))
-    print("+ to torch tensor of range [0, 1]")
+    log("+ to torch tensor of range [0, 1]")
     tfms.append(ToTensor())
     if "normalize" in choices:
-        print(f"+ normalization (mean={cfg.INPUT.PIXEL_MEAN}, std={cfg.INPUT.PIXEL_STD})")
+        log(f"+ normalization (mean={cfg.INPUT.PIXEL_MEAN}, std={cfg.INPUT.PIXEL_STD})")
         tfms.append(normalize)
     return Compose(tfms)
