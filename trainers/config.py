@@ -26,6 +26,7 @@ def extend_cfg(cfg):
     cfg.TRAINER.COOP.CLASS_TOKEN_POSITION = "end"  # end | middle | front
 
     add_mixprompt_config(cfg)
+    add_cocoop_config(cfg)
     return cfg
 
 
@@ -77,4 +78,20 @@ def add_mixprompt_config(cfg):
     m.COLLAPSE_FEATURE_COS = 0.98
     m.COLLAPSE_TOP1_SHARE = 0.9
     m.PREC = "fp16"  # fp16 | fp32 | amp (learnable offsets stay fp32; CPU runs in fp32)
+    return cfg
+
+
+def add_cocoop_config(cfg):
+    """TRAINER.COCOOP: CoCoOp's keys and defaults, plus BATCH_CHUNK (this project's memory bound).
+
+    BATCH_CHUNK: the per-image prompts (images x classes) are encoded in chunks of this many images; 0 picks
+    as many images as keep a chunk at or under 4096 prompts (``trainers.cocoop.PROMPTS_PER_CHUNK``). It
+    changes memory and speed only, not results. Lower it if evaluation or a training batch > 1 runs out of
+    memory on a long class list.
+    """
+    c = cfg.TRAINER.COCOOP = CN()
+    c.N_CTX = 16  # number of context vectors
+    c.CTX_INIT = ""  # initialisation words, e.g. "a photo of a" (sets N_CTX); "" = N(0, 0.02)
+    c.PREC = "fp16"  # fp16 | fp32 | amp (fp16 runs as fp32 on CPU)
+    c.BATCH_CHUNK = 0  # images per chunk of per-image prompts (0 = automatic)
     return cfg
