@@ -4,15 +4,23 @@
     python scripts/make_fake_dataset.py stanford_cars ROOT [--classes 6] [--train-per-class 8]
         [--test-per-class 4] [--seed 0] [--image-size 64] [--with-split] [--force]
 
-writes ROOT/stanford_cars/ in the original release format (reference/datasets.md §1.10). Images are
-learnable: each class has its own colours and stripe/check/ring pattern, with small per-image jitter.
-Each dataset is one ``write_fake_<name>`` function plus one subcommand.
+writes ROOT/stanford_cars/ in the original release format (reference/datasets.md §1.10).
+
+    python scripts/make_fake_dataset.py inaturalist ROOT --version {2017,2018,2019,2021,2021_mini}
+        [--classes 6] [--train-per-class 8] [--val-per-class 3] [--seed 0] [--image-size 32] [--force]
+
+writes ROOT/inaturalist/<year>/ in that competition release's real format (JSONs + image folders,
+reference/datasets.md §2.7). Images are learnable: each class has its own colours and stripe/check/ring
+pattern, with small per-image jitter. Each dataset is one ``write_fake_<name>`` function plus one subcommand.
 """
 import argparse
 import colorsys
+import hashlib
+import json
 import random
 import shutil
 import sys
+import uuid
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -243,6 +251,234 @@ def write_fake_stanford_cars(root, classes=6, train_per_class=8, test_per_class=
 
 
 # --------------------------------------------------------------------------------------------------------
+# iNaturalist (reference/datasets.md §2.2-2.7)
+# --------------------------------------------------------------------------------------------------------
+INAT_VERSIONS = ("2017", "2018", "2019", "2021", "2021_mini")
+INAT_VERSION_ALIASES = {"2021-mini": "2021_mini"}
+
+# Real taxa (kingdom, phylum, class, order, family, genus, specific epithet, common name, 2021 supercategory),
+# chosen to cover several supercategories, a genus with two species (Corvus) and two species sharing a
+# common name (the "Common Daisy" of Tanacetum is invented on purpose, to exercise disambiguation).
+INAT_TAXA = (
+    ("Animalia", "Chordata", "Aves", "Passeriformes", "Corvidae", "Corvus", "corax", "Common Raven", "Birds"),
+    ("Animalia", "Chordata", "Aves", "Passeriformes", "Corvidae", "Corvus", "corone", "Carrion Crow", "Birds"),
+    ("Plantae", "Tracheophyta", "Magnoliopsida", "Asterales", "Asteraceae", "Bellis", "perennis", "Common Daisy",
+     "Plants"),
+    ("Plantae", "Tracheophyta", "Magnoliopsida", "Asterales", "Asteraceae", "Tanacetum", "parthenium",
+     "Common Daisy", "Plants"),
+    ("Animalia", "Chordata", "Reptilia", "Squamata", "Lacertidae", "Lacerta", "agilis", "Sand Lizard", "Reptiles"),
+    ("Animalia", "Chordata", "Aves", "Anseriformes", "Anatidae", "Anas", "platyrhynchos", "Mallard", "Birds"),
+    ("Fungi", "Basidiomycota", "Agaricomycetes", "Agaricales", "Amanitaceae", "Amanita", "muscaria", "Fly Agaric",
+     "Fungi"),
+    ("Animalia", "Arthropoda", "Insecta", "Lepidoptera", "Nymphalidae", "Vanessa", "atalanta", "Red Admiral",
+     "Insects"),
+    ("Animalia", "Annelida", "Clitellata", "Haplotaxida", "Lumbricidae", "Lumbricus", "terrestris",
+     "Common Earthworm", "Animalia"),
+    ("Animalia", "Chordata", "Amphibia", "Anura", "Ranidae", "Rana", "temporaria", "Common Frog", "Amphibians"),
+)
+# Supercategory names of the releases before 2021 (Latin-ish in 2017/2018, English folder names in 2019).
+INAT_LATIN_SUPERCATEGORY = {"Birds": "Aves", "Plants": "Plantae", "Reptiles": "Reptilia", "Fungi": "Fungi",
+                            "Insects": "Insecta", "Animalia": "Animalia", "Amphibians": "Amphibia"}
+INAT_FILES = {
+    "2017": {"folder": "2017", "images": "train_val_images", "train": "train_val2017/train2017.json",
+             "val": "train_val2017/val2017.json", "test": "test2017.json", "test_images": "test2017"},
+    "2018": {"folder": "2018", "images": "train_val2018", "train": "train2018.json", "val": "val2018.json",
+             "test": "test2018.json", "test_images": "test2018"},
+    "2019": {"folder": "2019", "images": "train_val2019", "train": "train2019.json", "val": "val2019.json",
+             "test": "test2019.json", "test_images": "test2019"},
+}
+
+
+def fake_inat_taxa(num_classes):
+    """``num_classes`` taxon tuples: the real ones above, then invented ones ("Fakegenus<n> species<n>")."""
+    taxa = list(INAT_TAXA[:num_classes])
+    for n in range(len(taxa), num_classes):
+        taxa.append(("Animalia", "Arthropoda", "Insecta", "Coleoptera", f"Fakeidae{n % 3}", f"Fakegenus{n}",
+                     f"species{n}", f"Fake Beetle {n}", "Insects"))
+    return sorted(taxa)  # ids follow the taxonomy, as in the real releases
+
+
+def _inat_2021_category(cid, taxon):
+    kingdom, phylum, klass, order, family, genus, epithet, common, supercategory = taxon
+    dir_name = "_".join([f"{cid:05d}", kingdom, phylum, klass, order, family, genus, epithet])
+    return {"id": cid, "name": f"{genus} {epithet}", "common_name": common, "supercategory": supercategory,
+            "kingdom": kingdom, "phylum": phylum, "class": klass, "order": order, "family": family, "genus": genus,
+            "specific_epithet": epithet, "image_dir_name": dir_name}
+
+
+def _obfuscate(text):
+    return hashlib.md5(text.encode()).hexdigest()[:12]
+
+
+def _inat_categories(version, taxa):
+    """``(categories as in the main JSONs, real categories for categories.json or None, supercategory folder
+    of each id)``."""
+    real, folders = [], []
+    for cid, taxon in enumerate(taxa):
+        full = _inat_2021_category(cid, taxon)
+        if version.startswith("2021"):
+            real.append(full)
+            folders.append(None)
+            continue
+        latin = INAT_LATIN_SUPERCATEGORY[full["supercategory"]]
+        if version == "2017":
+            real.append({"id": cid, "name": full["name"], "supercategory": latin})
+        else:
+            record = {"id": cid, "name": full["name"]}
+            if version == "2018":
+                record["supercategory"] = latin
+            record.update({k: full[k] for k in ("kingdom", "phylum", "class", "order", "family", "genus")})
+            real.append(record)
+        folders.append(full["supercategory"] if version == "2019" else latin)
+    if version in ("2018", "2019"):
+        main = [{**c, **{k: _obfuscate(str(v)) for k, v in c.items() if k not in ("id", "supercategory")}}
+                for c in real]
+        return main, real, folders
+    if version == "2017":  # 2017: check ids rather than assume them sorted (the list is not in id order)
+        real = real[1::2] + real[0::2]
+    return real, None, folders
+
+
+def _inat_image_record(image_id, file_name, pixels, version, rng):
+    height, width = pixels.shape[:2]
+    record = {"id": image_id, "width": width, "height": height, "file_name": file_name, "license": 1,
+              "rights_holder": "Jos\u00e9 Observer"}
+    if version.startswith("2021"):
+        missing = image_id % 7 == 3  # the real files have NaN locations when the observation had none
+        record.update({"date": f"2019-05-{1 + image_id % 28:02d} 10:11:00+00:00",
+                       "latitude": float("nan") if missing else round(float(rng.uniform(-60, 70)), 4),
+                       "longitude": float("nan") if missing else round(float(rng.uniform(-180, 180)), 4),
+                       "location_uncertainty": None if missing else int(rng.integers(-80, 5000))})
+    return record
+
+
+def _inat_document(version, images, categories, annotations):
+    year = int(version[:4])
+    return {"info": {"year": year, "version": f"{year} (fake)", "description": "fake iNaturalist release for tests",
+                     "contributor": "MixPrompt make_fake_dataset.py", "url": "https://github.com/visipedia/inat_comp",
+                     "date_created": f"{year}-03-01 00:00:00"},
+            "images": images, "categories": categories, **({"annotations": annotations} if annotations is not None
+                                                           else {}),
+            "licenses": [{"id": 1, "name": "Attribution-NonCommercial License",
+                          "url": "http://creativecommons.org/licenses/by-nc/4.0/"}]}
+
+
+def _write_json(path, document):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(document, f)  # NaN locations are written as NaN, as in the real 2021 files
+
+
+def write_fake_inaturalist(root, version="2021", classes=6, train_per_class=8, val_per_class=3, seed=0,
+                           image_size=32, force=False):
+    """Write ``root/inaturalist/<year>/`` in the format of the ``version`` release; returns that folder.
+
+    2017-2019: one ``train_val*`` image tree (``<Super>/<species name or id>/<hash>.jpg``) shared by the train
+    and val JSONs (2018/2019 with obfuscated names in the JSONs and the real ones in ``categories.json``;
+    2017 with its JSONs in ``train_val2017/`` as unzipped). 2021: ``train/``, ``train_mini/`` (the first half
+    of each class's train images, at least one) and ``val/`` with ``<image_dir_name>/<uuid>.jpg`` plus
+    ``train.json``, ``train_mini.json`` and ``val.json``; ``2021_mini`` writes train_mini and val only. Every
+    release also gets a small test JSON without annotations. Train images of class ``k``: ``train_per_class
+    + k % 2`` (classes differ in size); val: ``val_per_class``.
+    """
+    version = INAT_VERSION_ALIASES.get(version, version)
+    if version not in INAT_VERSIONS:
+        raise UserError(f'unknown iNaturalist version "{version}"; expected one of {list(INAT_VERSIONS)}')
+    if classes < 1 or train_per_class < 1 or val_per_class < 1 or image_size < 8:
+        raise UserError("need classes >= 1, train/val images per class >= 1 and image size >= 8")
+    target = Path(root).expanduser().resolve() / "inaturalist" / ("2021" if version.startswith("2021") else version)
+    _prepare_target(target, force)
+    rng = np.random.default_rng(seed)
+    id_rng = random.Random(seed)
+    taxa = fake_inat_taxa(classes)
+    main_categories, real_categories, super_folders = _inat_categories(version, taxa)
+    by_id = {c["id"]: c for c in (real_categories or main_categories)}
+    next_image_id = iter(range(100, 10**9, 3))  # sparse ids, unique over the whole release
+
+    def new_name():
+        if version.startswith("2021"):
+            return f"{uuid.UUID(int=id_rng.getrandbits(128), version=4)}.jpg"
+        return f"{id_rng.getrandbits(128):032x}.jpg"
+
+    def class_folder(cid, top):
+        if version.startswith("2021"):
+            return f"{top}/{_inat_2021_category(cid, taxa[cid])['image_dir_name']}"
+        leaf = by_id[cid]["name"] if version == "2017" else str(cid)
+        return f"{top}/{super_folders[cid]}/{leaf}"
+
+    def write_split(top, counts):
+        """Images for each class (counts[cid] of them), interleaved over classes as in the real files."""
+        images, annotations, per_class = [], [], {}
+        order = [cid for cid, n in enumerate(counts) for _ in range(n)]
+        id_rng.shuffle(order)
+        for cid in order:
+            image_id = next(next_image_id)
+            file_name = f"{class_folder(cid, top)}/{new_name()}"
+            pixels = render_class_image(cid, classes, image_size, rng, mode=0)
+            (target / file_name).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(target / file_name, quality=90)
+            images.append(_inat_image_record(image_id, file_name, pixels, version, rng))
+            annotations.append({"id": len(annotations), "image_id": image_id, "category_id": cid})
+            per_class.setdefault(cid, []).append(images[-1])
+        return images, annotations, per_class
+
+    train_counts = [train_per_class + cid % 2 for cid in range(classes)]
+    val_counts = [val_per_class] * classes
+    written = []
+    if version.startswith("2021"):
+        if version == "2021":
+            images, annotations, per_class = write_split("train", train_counts)
+            _write_json(target / "train.json", _inat_document(version, images, main_categories, annotations))
+            # train_mini: a subset of train (same image names), in its own folder
+            mini_images, mini_annotations = [], []
+            for image, annotation in zip(images, annotations):
+                cid = annotation["category_id"]
+                if image in per_class[cid][:max(1, len(per_class[cid]) // 2)]:
+                    name = "train_mini/" + image["file_name"].split("/", 1)[1]
+                    (target / name).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(target / image["file_name"], target / name)
+                    mini_images.append({**image, "file_name": name})
+                    mini_annotations.append({**annotation, "id": len(mini_annotations)})
+            _write_json(target / "train_mini.json",
+                        _inat_document(version, mini_images, main_categories, mini_annotations))
+            written += [f"train/ + train.json ({len(images)})", f"train_mini/ + train_mini.json ({len(mini_images)})"]
+        else:
+            images, annotations, _ = write_split("train_mini", train_counts)
+            _write_json(target / "train_mini.json", _inat_document(version, images, main_categories, annotations))
+            written.append(f"train_mini/ + train_mini.json ({len(images)})")
+        images, annotations, _ = write_split("val", val_counts)
+        _write_json(target / "val.json", _inat_document(version, images, main_categories, annotations))
+        written.append(f"val/ + val.json ({len(images)})")
+        test_top, test_json = "public_test", "public_test.json"
+    else:
+        files = INAT_FILES[version]
+        for split, counts in (("train", train_counts), ("val", val_counts)):
+            images, annotations, _ = write_split(files["images"], counts)
+            _write_json(target / files[split], _inat_document(version, images, main_categories, annotations))
+            written.append(f"{files[split]} ({len(images)})")
+        written.insert(0, f"{files['images']}/")
+        if real_categories is not None:
+            _write_json(target / "categories.json", real_categories)
+            written.append("categories.json (real names; the JSONs have obfuscated ones)")
+        test_top, test_json = files["test_images"], files["test"]
+    test_images = []
+    for _ in range(2):  # test files: images without annotations
+        name = f"{test_top}/{new_name()}"
+        pixels = render_class_image(0, classes, image_size, rng)
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(target / name, quality=90)
+        test_images.append(_inat_image_record(next(next_image_id), name, pixels, version, rng))
+    _write_json(target / test_json, _inat_document(version, test_images, main_categories, None))
+    written.append(f"{test_json} (no annotations)")
+    print(
+        f"Wrote a fake iNaturalist {version} release to {target}: {classes} classes.\n"
+        f"  Files: {', '.join(written)}\n"
+        f"  Use it with --root {target.parent.parent} DATASET.INATURALIST.VERSION {version}"
+    )
+    return target
+
+
+# --------------------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------------------
 def _add_stanford_cars(subparsers):
@@ -263,10 +499,27 @@ def _add_stanford_cars(subparsers):
     ))
 
 
+def _add_inaturalist(subparsers):
+    p = subparsers.add_parser("inaturalist", help="an iNaturalist competition release (JSON + image folders)")
+    p.add_argument("root", help="dataset root (the folder that will contain inaturalist/<year>/)")
+    p.add_argument("--version", default="2021", type=lambda v: INAT_VERSION_ALIASES.get(v, v),
+                   choices=INAT_VERSIONS, help="release to imitate (2021_mini: train_mini.json and val.json only)")
+    p.add_argument("--classes", type=int, default=6)
+    p.add_argument("--train-per-class", type=int, default=8)
+    p.add_argument("--val-per-class", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--force", action="store_true", help="replace an existing ROOT/inaturalist/<year>")
+    p.set_defaults(run=lambda a: write_fake_inaturalist(
+        a.root, a.version, a.classes, a.train_per_class, a.val_per_class, a.seed, a.image_size, a.force
+    ))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     subparsers = parser.add_subparsers(dest="dataset", required=True, metavar="dataset")
     _add_stanford_cars(subparsers)
+    _add_inaturalist(subparsers)
     args = parser.parse_args(argv)
     try:
         args.run(args)
