@@ -49,7 +49,13 @@ SETTINGS = {
     "orig+init_kmeans": ("MixPrompt", ORIGINAL, [P + "INIT", "kmeans", P + "OFFSET_INIT_SCALE", "0.3"],
                          "original + k-means initialisation"),
     "orig+init_templates": ("MixPrompt", ORIGINAL, [P + "INIT", "templates"], "original + template initialisation"),
+    # leave-one-out from the fixed defaults (not run by default: --settings fixed-...)
+    "fixed-balance": ("MixPrompt", MP, [P + "BALANCE", "none"], "fixed without the balanced E-step"),
+    "fixed-diversity": ("MixPrompt", MP, [P + "DIVERSITY", "none"], "fixed without diversity"),
+    "fixed-init_kmeans": ("MixPrompt", MP, [P + "INIT", "random"], "fixed with random init"),
+    "fixed-tau": ("MixPrompt", MP, [P + "TAU_END", "0.05"], "fixed with the original final tau"),
 }
+DEFAULT_SETTINGS = [name for name in SETTINGS if not name.startswith("fixed-")]
 METRICS = ("accuracy", "feature_cos", "offset_cos", "eff_k", "top1_share", "dead", "collapsed", "nmi", "purity")
 ACCURACY = re.compile(r"\* accuracy: ([\d.]+)%")
 
@@ -57,7 +63,8 @@ ACCURACY = re.compile(r"\* accuracy: ([\d.]+)%")
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--K", type=int, nargs="+", default=[8, 32], help="sub-prompts per class")
-    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS, choices=list(SETTINGS),
+                   help="default: all but the leave-one-out fixed-* settings")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--classes", type=int, default=6, help="C")
     p.add_argument("--modes", type=int, default=4, help="M, true modes per class")
