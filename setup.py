@@ -23,6 +23,7 @@ setup(
         "pillow",
         "pyyaml",
         "tabulate",
+        "matplotlib",
         "tqdm",
         "tensorboard",
     ],

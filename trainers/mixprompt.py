@@ -30,6 +30,7 @@ TEMPLATE_SETS = ("dataset", "ensemble", "hierarchical")
 INITS = ("random", "templates", "kmeans")
 DIAGNOSTICS_FILE = "diagnostics.jsonl"
 SUMMARY_FILE = "diagnostics_summary.json"
+SUMMARY_MAX_COS_ENTRIES = 2_000_000  # C*K*K above this (e.g. iNaturalist at K 32): no per-class cosines
 
 
 # ----------------------------------------------------------------------------------------- templates
@@ -401,6 +402,13 @@ class MixPrompt(CLIPTrainer):
     def write_summary(self):
         """Print the final diagnostics and write them, per class and per image, to the run folder."""
         diag = self.diagnostics(with_assignments=True)
+        diag["classnames"] = list(self.dm.dataset.classnames)
+        subprompts = self.model.text_features().float()  # (C, K, D)
+        n_cls, n_sub = subprompts.shape[:2]
+        if n_cls * n_sub * n_sub <= SUMMARY_MAX_COS_ENTRIES:  # per-class K x K cosines, for heatmaps
+            labels = diag["per_class"]["labels"]
+            cos = (subprompts[labels] @ subprompts[labels].transpose(1, 2)).cpu()
+            diag["per_class"]["subprompt_cos"] = [[[round(v, 4) for v in row] for row in c] for c in cos.tolist()]
         print("=> collapse diagnostics (training images)")
         print(f"* {format_diagnostics(diag)}")
         print(f"* rule: {diag['rule']}")

@@ -1,0 +1,113 @@
+#!/bin/bash
+# Few-shot CoCoOp (CoOp's protocol, CoCoOp's recipe): one training run per seed.
+#
+#   bash scripts/cocoop/main.sh DATASET [KEY VALUE ...]
+#   e.g. bash scripts/cocoop/main.sh stanford_cars
+#
+# DATASET names configs/datasets/<DATASET>.yaml. Trailing KEY VALUE pairs go to train.py as config opts;
+# DATASET.NUM_SHOTS is refused there because it names the output folder (set SHOTS).
+#
+# Environment (defaults printed at start):
+#   DATA     dataset root (train.py --root)                    default: data
+#   OUTPUT   output root                                       default: output
+#   SHOTS    training images per class                         default: 16
+#   SEEDS    seeds, one run each                               default: "1 2 3"
+#   CFG      configs/trainers/CoCoOp/<CFG>.yaml                default: vit_b16_c4_ep10_batch1_ctxv1
+#   TAG      variant name, appended to the config folder:      default: none
+#            <CFG>_<TAG>_<SHOTS>shots (keeps runs with other extra options apart)
+#   PYTHON   interpreter                                       default: python (else python3)
+#
+# Output (CoCoOp's layout): $OUTPUT/<DATASET>/CoCoOp/<CFG>[_<TAG>]_<SHOTS>shots/seed<SEED>
+# A finished run (a log.txt* with the test "* accuracy: X%" after "Finish training") is skipped with
+# CoOp's message; an unfinished one is run again into its folder and resumes from its latest checkpoint.
+# The script stops with train.py's exit status at the first run that fails.
+# Base-to-new generalisation: scripts/cocoop/base2new_train.sh and base2new_test.sh.
+set -uo pipefail
+
+if [ $# -lt 1 ]; then
+    echo "usage: [DATA=...] [OUTPUT=...] [SHOTS=16] [SEEDS=\"1 2 3\"] [CFG=vit_b16_c4_ep10_batch1_ctxv1] bash $0 DATASET [KEY VALUE ...]" >&2
+    exit 2
+fi
+DATASET=$1
+shift
+TRAINER=CoCoOp
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+absolute() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+DATA=$(absolute "${DATA:-data}")
+OUTPUT=$(absolute "${OUTPUT:-output}")
+SHOTS=${SHOTS:-16}
+SEEDS=${SEEDS:-1 2 3}
+TAG=${TAG:-}
+CFG=${CFG:-vit_b16_c4_ep10_batch1_ctxv1}
+if [ -z "${PYTHON:-}" ]; then
+    PYTHON=python
+    command -v python >/dev/null 2>&1 || PYTHON=python3
+fi
+
+echo "CoCoOp few-shot: DATASET=$DATASET"
+echo "  DATA=$DATA"
+echo "  OUTPUT=$OUTPUT"
+echo "  SHOTS=$SHOTS SEEDS=\"$SEEDS\" CFG=$CFG TAG=$TAG PYTHON=$PYTHON"
+echo "  extra options: ${*:-none}"
+
+# ---- checks before any run
+fail() { echo "ERROR: $*" >&2; exit 2; }
+[[ $SHOTS =~ ^[1-9][0-9]*$ ]] || fail "SHOTS must be a positive integer, got \"$SHOTS\""
+[ -n "${SEEDS// /}" ] || fail "SEEDS is empty"
+[[ $TAG =~ ^[A-Za-z0-9.+-][A-Za-z0-9_.+-]*$ || -z $TAG ]] || fail "TAG may hold letters, digits and . _ + - only, got \"$TAG\""
+for s in $SEEDS; do [[ $s =~ ^[0-9]+$ ]] || fail "SEEDS must be non-negative integers, got \"$s\""; done
+[ $(($# % 2)) -eq 0 ] || fail "extra arguments must be KEY VALUE pairs; got an odd number: $*"
+args=("$@")
+for ((i = 0; i < $#; i += 2)); do
+    case ${args[i]} in
+        DATASET.NUM_SHOTS) fail "set the shots with SHOTS=${args[i+1]}, not DATASET.NUM_SHOTS (it names the output folder)" ;;
+    esac
+done
+
+# finished DIR SIGNAL: some log.txt* in DIR (log.txt-<time> are the logs of re-runs) has a line starting
+# with SIGNAL, later followed by "* accuracy: X%" -- what CoOp's parse_test_res.py reads.
+finished() {
+    local log
+    for log in "$1"/log.txt*; do
+        [ -f "$log" ] || continue
+        if awk -v sig="$2" 'index($0, sig) == 1 { seen = 1 }
+                            seen && /^\* accuracy: [0-9.eE+-]+%/ { found = 1 }
+                            END { exit !found }' "$log"; then
+            return 0
+        fi
+    done
+    return 1
+}
+
+n=$(echo $SEEDS | wc -w)
+i=0
+for SEED in $SEEDS; do
+    i=$((i + 1))
+    DIR=$OUTPUT/$DATASET/$TRAINER/${CFG}${TAG:+_$TAG}_${SHOTS}shots/seed$SEED
+    if finished "$DIR" "Finish training"; then
+        echo "Oops! The results exist at $DIR (so skip this job)"
+        continue
+    fi
+    if [ -d "$DIR" ]; then
+        echo "==> [$i/$n] $TRAINER $DATASET seed $SEED: unfinished run at $DIR, running it again (resumes from its latest checkpoint)"
+    else
+        echo "==> [$i/$n] $TRAINER $DATASET seed $SEED -> $DIR"
+    fi
+    "$PYTHON" "$REPO/train.py" \
+        --root "$DATA" \
+        --seed "$SEED" \
+        --trainer "$TRAINER" \
+        --dataset-config-file "$REPO/configs/datasets/$DATASET.yaml" \
+        --config-file "$REPO/configs/trainers/$TRAINER/$CFG.yaml" \
+        --output-dir "$DIR" \
+        DATASET.NUM_SHOTS "$SHOTS" \
+        "$@"
+    rc=$?
+    if [ $rc -ne 0 ]; then
+        echo "ERROR: $TRAINER $DATASET seed $SEED failed (train.py exit status $rc); output folder: $DIR." >&2
+        echo "       Later seeds were not run. Fix the cause and run this command again: finished runs are skipped, this one resumes." >&2
+        exit $rc
+    fi
+done
+echo "==> $TRAINER $DATASET: done. Results: python scripts/parse_results.py $OUTPUT/$DATASET"

@@ -1,0 +1,131 @@
+#!/bin/bash
+# Few-shot CoOp (CoOp's scripts/coop/main.sh with its positional settings as environment variables):
+# one training run per seed.
+#
+#   bash scripts/coop/main.sh DATASET [KEY VALUE ...]
+#   e.g. bash scripts/coop/main.sh stanford_cars
+#        SHOTS=4 NCTX=4 bash scripts/coop/main.sh stanford_cars MODEL.BACKBONE.NAME weights/tiny_clip.pt
+#
+# DATASET names configs/datasets/<DATASET>.yaml. Trailing KEY VALUE pairs go to train.py as config opts;
+# the keys the script sets itself (DATASET.NUM_SHOTS, TRAINER.COOP.N_CTX, TRAINER.COOP.CSC,
+# TRAINER.COOP.CLASS_TOKEN_POSITION) are refused there because they name the output folder.
+#
+# Environment (defaults printed at start):
+#   DATA     dataset root (train.py --root)                    default: data
+#   OUTPUT   output root                                       default: output
+#   SHOTS    training images per class                         default: 16
+#   SEEDS    seeds, one run each                               default: "1 2 3"
+#   CFG      configs/trainers/CoOp/<CFG>.yaml                  default: vit_b16_ep50 (MixPrompt's recipe;
+#            CoOp's paper used rn50 for 8/16 shots, rn50_ep100 for 2/4, rn50_ep50 for 1)
+#   NCTX     context tokens (TRAINER.COOP.N_CTX)               default: 16
+#   CSC      class-specific context (TRAINER.COOP.CSC)         default: False
+#   CTP      class token position (end | middle | front)       default: end
+#   TAG      variant name, appended to the config folder:      default: none
+#            <CFG>_<TAG>_<SHOTS>shots (keeps runs with other extra options apart)
+#   PYTHON   interpreter                                       default: python (else python3)
+#
+# Output (CoOp's layout): $OUTPUT/<DATASET>/CoOp/<CFG>[_<TAG>]_<SHOTS>shots/nctx<NCTX>_csc<CSC>_ctp<CTP>/seed<SEED>
+# A finished run (a log.txt* with the test "* accuracy: X%" after "Finish training") is skipped with
+# CoOp's message; an unfinished one is run again into its folder and resumes from its latest checkpoint.
+# The script stops with train.py's exit status at the first run that fails.
+set -uo pipefail
+
+if [ $# -lt 1 ]; then
+    echo "usage: [DATA=...] [OUTPUT=...] [SHOTS=16] [SEEDS=\"1 2 3\"] [CFG=vit_b16_ep50] [NCTX=16] [CSC=False] [CTP=end] bash $0 DATASET [KEY VALUE ...]" >&2
+    exit 2
+fi
+DATASET=$1
+shift
+TRAINER=CoOp
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+absolute() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+DATA=$(absolute "${DATA:-data}")
+OUTPUT=$(absolute "${OUTPUT:-output}")
+SHOTS=${SHOTS:-16}
+SEEDS=${SEEDS:-1 2 3}
+TAG=${TAG:-}
+CFG=${CFG:-vit_b16_ep50}
+NCTX=${NCTX:-16}
+CSC=${CSC:-False}
+CTP=${CTP:-end}
+if [ -z "${PYTHON:-}" ]; then
+    PYTHON=python
+    command -v python >/dev/null 2>&1 || PYTHON=python3
+fi
+
+echo "CoOp few-shot: DATASET=$DATASET"
+echo "  DATA=$DATA"
+echo "  OUTPUT=$OUTPUT"
+echo "  SHOTS=$SHOTS SEEDS=\"$SEEDS\" CFG=$CFG TAG=$TAG NCTX=$NCTX CSC=$CSC CTP=$CTP PYTHON=$PYTHON"
+echo "  extra options: ${*:-none}"
+
+# ---- checks before any run
+fail() { echo "ERROR: $*" >&2; exit 2; }
+[[ $SHOTS =~ ^[1-9][0-9]*$ ]] || fail "SHOTS must be a positive integer, got \"$SHOTS\""
+[[ $NCTX =~ ^[1-9][0-9]*$ ]] || fail "NCTX must be a positive integer, got \"$NCTX\""
+[[ $CSC =~ ^(True|False)$ ]] || fail "CSC must be True or False, got \"$CSC\""
+[[ $CTP =~ ^(end|middle|front)$ ]] || fail "CTP must be end, middle or front, got \"$CTP\""
+[ -n "${SEEDS// /}" ] || fail "SEEDS is empty"
+[[ $TAG =~ ^[A-Za-z0-9.+-][A-Za-z0-9_.+-]*$ || -z $TAG ]] || fail "TAG may hold letters, digits and . _ + - only, got \"$TAG\""
+for s in $SEEDS; do [[ $s =~ ^[0-9]+$ ]] || fail "SEEDS must be non-negative integers, got \"$s\""; done
+[ $(($# % 2)) -eq 0 ] || fail "extra arguments must be KEY VALUE pairs; got an odd number: $*"
+args=("$@")
+for ((i = 0; i < $#; i += 2)); do
+    case ${args[i]} in
+        DATASET.NUM_SHOTS) fail "set the shots with SHOTS=${args[i+1]}, not DATASET.NUM_SHOTS (it names the output folder)" ;;
+        TRAINER.COOP.N_CTX) fail "set NCTX=${args[i+1]} instead of TRAINER.COOP.N_CTX (it names the output folder)" ;;
+        TRAINER.COOP.CSC) fail "set CSC=${args[i+1]} instead of TRAINER.COOP.CSC (it names the output folder)" ;;
+        TRAINER.COOP.CLASS_TOKEN_POSITION) fail "set CTP=${args[i+1]} instead of TRAINER.COOP.CLASS_TOKEN_POSITION (it names the output folder)" ;;
+    esac
+done
+
+# finished DIR SIGNAL: some log.txt* in DIR (log.txt-<time> are the logs of re-runs) has a line starting
+# with SIGNAL, later followed by "* accuracy: X%" -- what CoOp's parse_test_res.py reads.
+finished() {
+    local log
+    for log in "$1"/log.txt*; do
+        [ -f "$log" ] || continue
+        if awk -v sig="$2" 'index($0, sig) == 1 { seen = 1 }
+                            seen && /^\* accuracy: [0-9.eE+-]+%/ { found = 1 }
+                            END { exit !found }' "$log"; then
+            return 0
+        fi
+    done
+    return 1
+}
+
+n=$(echo $SEEDS | wc -w)
+i=0
+for SEED in $SEEDS; do
+    i=$((i + 1))
+    DIR=$OUTPUT/$DATASET/$TRAINER/${CFG}${TAG:+_$TAG}_${SHOTS}shots/nctx${NCTX}_csc${CSC}_ctp${CTP}/seed$SEED
+    if finished "$DIR" "Finish training"; then
+        echo "Oops! The results exist at $DIR (so skip this job)"
+        continue
+    fi
+    if [ -d "$DIR" ]; then
+        echo "==> [$i/$n] $TRAINER $DATASET seed $SEED: unfinished run at $DIR, running it again (resumes from its latest checkpoint)"
+    else
+        echo "==> [$i/$n] $TRAINER $DATASET seed $SEED -> $DIR"
+    fi
+    "$PYTHON" "$REPO/train.py" \
+        --root "$DATA" \
+        --seed "$SEED" \
+        --trainer "$TRAINER" \
+        --dataset-config-file "$REPO/configs/datasets/$DATASET.yaml" \
+        --config-file "$REPO/configs/trainers/$TRAINER/$CFG.yaml" \
+        --output-dir "$DIR" \
+        TRAINER.COOP.N_CTX "$NCTX" \
+        TRAINER.COOP.CSC "$CSC" \
+        TRAINER.COOP.CLASS_TOKEN_POSITION "$CTP" \
+        DATASET.NUM_SHOTS "$SHOTS" \
+        "$@"
+    rc=$?
+    if [ $rc -ne 0 ]; then
+        echo "ERROR: $TRAINER $DATASET seed $SEED failed (train.py exit status $rc); output folder: $DIR." >&2
+        echo "       Later seeds were not run. Fix the cause and run this command again: finished runs are skipped, this one resumes." >&2
+        exit $rc
+    fi
+done
+echo "==> $TRAINER $DATASET: done. Results: python scripts/parse_results.py $OUTPUT/$DATASET"

@@ -1,0 +1,120 @@
+#!/bin/bash
+# Few-shot MixPrompt (CoOp's protocol): K sub-prompts per class, one training run per seed.
+#
+#   bash scripts/mixprompt/main.sh DATASET K [KEY VALUE ...]
+#   e.g. bash scripts/mixprompt/main.sh stanford_cars 8
+#        CFG=original SEEDS="1" bash scripts/mixprompt/main.sh stanford_cars 8 MODEL.BACKBONE.NAME weights/tiny_clip.pt
+#
+# DATASET names configs/datasets/<DATASET>.yaml. Trailing KEY VALUE pairs go to train.py as config opts
+# (e.g. a local CLIP file: MODEL.BACKBONE.NAME /path/ViT-B-16.pt); the keys the script sets itself
+# (DATASET.NUM_SHOTS, TRAINER.MIXPROMPT.K) are refused there because they name the output folder.
+#
+# Environment (defaults printed at start):
+#   DATA     dataset root (train.py --root)                    default: data
+#   OUTPUT   output root                                       default: output
+#   SHOTS    training images per class                         default: 16
+#   SEEDS    seeds, one run each                               default: "1 2 3"
+#   CFG      configs/trainers/MixPrompt/<CFG>.yaml             default: vit_b16 (fixed defaults;
+#            "original" = the earlier settings that collapse)
+#   TAG      variant name, appended to the config folder:      default: none
+#            <CFG>_<TAG>_<SHOTS>shots (keeps runs with other extra options apart)
+#   PYTHON   interpreter                                       default: python (else python3)
+#
+# Output (CoOp's layout plus K): $OUTPUT/<DATASET>/MixPrompt/<CFG>[_<TAG>]_<SHOTS>shots/k<K>/seed<SEED>
+# A finished run (a log.txt* with the test "* accuracy: X%" after "Finish training") is skipped with
+# CoOp's message; an unfinished one is run again into its folder and resumes from its latest checkpoint.
+# The script stops with train.py's exit status at the first run that fails.
+# Tables: python scripts/parse_results.py $OUTPUT and python scripts/collapse_report.py $OUTPUT (docs/scripts.md).
+set -uo pipefail
+
+if [ $# -lt 2 ]; then
+    echo "usage: [DATA=...] [OUTPUT=...] [SHOTS=16] [SEEDS=\"1 2 3\"] [CFG=vit_b16] bash $0 DATASET K [KEY VALUE ...]" >&2
+    exit 2
+fi
+DATASET=$1
+K=$2
+shift 2
+TRAINER=MixPrompt
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+absolute() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+DATA=$(absolute "${DATA:-data}")
+OUTPUT=$(absolute "${OUTPUT:-output}")
+SHOTS=${SHOTS:-16}
+SEEDS=${SEEDS:-1 2 3}
+TAG=${TAG:-}
+CFG=${CFG:-vit_b16}
+if [ -z "${PYTHON:-}" ]; then
+    PYTHON=python
+    command -v python >/dev/null 2>&1 || PYTHON=python3
+fi
+
+echo "MixPrompt few-shot: DATASET=$DATASET K=$K"
+echo "  DATA=$DATA"
+echo "  OUTPUT=$OUTPUT"
+echo "  SHOTS=$SHOTS SEEDS=\"$SEEDS\" CFG=$CFG TAG=$TAG PYTHON=$PYTHON"
+echo "  extra options: ${*:-none}"
+
+# ---- checks before any run
+fail() { echo "ERROR: $*" >&2; exit 2; }
+[[ $K =~ ^[1-9][0-9]*$ ]] || fail "K must be a positive integer, got \"$K\""
+[[ $SHOTS =~ ^[1-9][0-9]*$ ]] || fail "SHOTS must be a positive integer, got \"$SHOTS\""
+[ -n "${SEEDS// /}" ] || fail "SEEDS is empty"
+[[ $TAG =~ ^[A-Za-z0-9.+-][A-Za-z0-9_.+-]*$ || -z $TAG ]] || fail "TAG may hold letters, digits and . _ + - only, got \"$TAG\""
+for s in $SEEDS; do [[ $s =~ ^[0-9]+$ ]] || fail "SEEDS must be non-negative integers, got \"$s\""; done
+[ $(($# % 2)) -eq 0 ] || fail "extra arguments must be KEY VALUE pairs; got an odd number: $*"
+args=("$@")
+for ((i = 0; i < $#; i += 2)); do
+    case ${args[i]} in
+        DATASET.NUM_SHOTS) fail "set the shots with SHOTS=${args[i+1]}, not DATASET.NUM_SHOTS (it names the output folder)" ;;
+        TRAINER.MIXPROMPT.K) fail "give K as the second argument, not TRAINER.MIXPROMPT.K (it names the output folder)" ;;
+    esac
+done
+
+# finished DIR SIGNAL: some log.txt* in DIR (log.txt-<time> are the logs of re-runs) has a line starting
+# with SIGNAL, later followed by "* accuracy: X%" -- what CoOp's parse_test_res.py reads.
+finished() {
+    local log
+    for log in "$1"/log.txt*; do
+        [ -f "$log" ] || continue
+        if awk -v sig="$2" 'index($0, sig) == 1 { seen = 1 }
+                            seen && /^\* accuracy: [0-9.eE+-]+%/ { found = 1 }
+                            END { exit !found }' "$log"; then
+            return 0
+        fi
+    done
+    return 1
+}
+
+n=$(echo $SEEDS | wc -w)
+i=0
+for SEED in $SEEDS; do
+    i=$((i + 1))
+    DIR=$OUTPUT/$DATASET/$TRAINER/${CFG}${TAG:+_$TAG}_${SHOTS}shots/k$K/seed$SEED
+    if finished "$DIR" "Finish training"; then
+        echo "Oops! The results exist at $DIR (so skip this job)"
+        continue
+    fi
+    if [ -d "$DIR" ]; then
+        echo "==> [$i/$n] $TRAINER $DATASET K=$K seed $SEED: unfinished run at $DIR, running it again (resumes from its latest checkpoint)"
+    else
+        echo "==> [$i/$n] $TRAINER $DATASET K=$K seed $SEED -> $DIR"
+    fi
+    "$PYTHON" "$REPO/train.py" \
+        --root "$DATA" \
+        --seed "$SEED" \
+        --trainer "$TRAINER" \
+        --dataset-config-file "$REPO/configs/datasets/$DATASET.yaml" \
+        --config-file "$REPO/configs/trainers/$TRAINER/$CFG.yaml" \
+        --output-dir "$DIR" \
+        DATASET.NUM_SHOTS "$SHOTS" \
+        TRAINER.MIXPROMPT.K "$K" \
+        "$@"
+    rc=$?
+    if [ $rc -ne 0 ]; then
+        echo "ERROR: $TRAINER $DATASET K=$K seed $SEED failed (train.py exit status $rc); output folder: $DIR." >&2
+        echo "       Later seeds were not run. Fix the cause and run this command again: finished runs are skipped, this one resumes." >&2
+        exit $rc
+    fi
+done
+echo "==> $TRAINER $DATASET K=$K: done. Results: python scripts/parse_results.py $OUTPUT/$DATASET"

@@ -1,0 +1,102 @@
+#!/bin/bash
+# Zero-shot CLIP (CoOp's scripts/coop/zeroshot.sh): evaluate the hand-written prompt of the dataset
+# ("a photo of a {}." for Stanford Cars) on the test split. No training, so no shots and no seeds.
+#
+#   bash scripts/zsclip/zeroshot.sh DATASET [KEY VALUE ...]
+#   e.g. bash scripts/zsclip/zeroshot.sh stanford_cars
+#
+# DATASET names configs/datasets/<DATASET>.yaml. Trailing KEY VALUE pairs go to train.py as config opts
+# (e.g. MODEL.BACKBONE.NAME /path/ViT-B-16.pt); TRAINER.ZSCLIP.ENSEMBLE is refused there (set ENSEMBLE).
+#
+# Environment (defaults printed at start):
+#   DATA      dataset root (train.py --root)                   default: data
+#   OUTPUT    output root                                      default: output
+#   CFG       configs/trainers/CoOp/<CFG>.yaml (backbone,      default: vit_b16
+#             input size, test batch size)
+#   ENSEMBLE  True: average the dataset template and the 7     default: False
+#             IMAGENET_TEMPLATES_SELECT prompts (CoOp's ZeroshotCLIP2)
+#   TAG       variant name: <CFG>[_ensemble]_<TAG>             default: none
+#   PYTHON    interpreter                                      default: python (else python3)
+#   (SHOTS and SEEDS are not used.)
+#
+# Output (CoOp's layout): $OUTPUT/ZeroshotCLIP/<CFG>[_ensemble][_<TAG>]/<DATASET> (_ensemble with ENSEMBLE=True).
+# A finished evaluation (a log.txt* with "* accuracy: X%" after "=> result") is skipped with CoOp's
+# message; exit status of train.py when it fails.
+set -uo pipefail
+
+if [ $# -lt 1 ]; then
+    echo "usage: [DATA=...] [OUTPUT=...] [CFG=vit_b16] [ENSEMBLE=False] [TAG=...] bash $0 DATASET [KEY VALUE ...]" >&2
+    exit 2
+fi
+DATASET=$1
+shift
+TRAINER=ZeroshotCLIP
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+absolute() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+DATA=$(absolute "${DATA:-data}")
+OUTPUT=$(absolute "${OUTPUT:-output}")
+CFG=${CFG:-vit_b16}
+ENSEMBLE=${ENSEMBLE:-False}
+TAG=${TAG:-}
+if [ -z "${PYTHON:-}" ]; then
+    PYTHON=python
+    command -v python >/dev/null 2>&1 || PYTHON=python3
+fi
+
+echo "Zero-shot CLIP: DATASET=$DATASET"
+echo "  DATA=$DATA"
+echo "  OUTPUT=$OUTPUT"
+echo "  CFG=$CFG ENSEMBLE=$ENSEMBLE TAG=$TAG PYTHON=$PYTHON (SHOTS and SEEDS are not used: no training)"
+echo "  extra options: ${*:-none}"
+
+fail() { echo "ERROR: $*" >&2; exit 2; }
+[[ $ENSEMBLE =~ ^(True|False)$ ]] || fail "ENSEMBLE must be True or False, got \"$ENSEMBLE\""
+[[ $TAG =~ ^[A-Za-z0-9.+-][A-Za-z0-9_.+-]*$ || -z $TAG ]] || fail "TAG may hold letters, digits and . _ + - only, got \"$TAG\""
+[ $(($# % 2)) -eq 0 ] || fail "extra arguments must be KEY VALUE pairs; got an odd number: $*"
+args=("$@")
+for ((i = 0; i < $#; i += 2)); do
+    case ${args[i]} in
+        TRAINER.ZSCLIP.ENSEMBLE) fail "set ENSEMBLE=${args[i+1]} instead of TRAINER.ZSCLIP.ENSEMBLE (it names the output folder)" ;;
+    esac
+done
+
+# finished DIR SIGNAL: some log.txt* in DIR (log.txt-<time> are the logs of re-runs) has a line starting
+# with SIGNAL, later followed by "* accuracy: X%" -- what CoOp's parse_test_res.py --test-log reads.
+finished() {
+    local log
+    for log in "$1"/log.txt*; do
+        [ -f "$log" ] || continue
+        if awk -v sig="$2" 'index($0, sig) == 1 { seen = 1 }
+                            seen && /^\* accuracy: [0-9.eE+-]+%/ { found = 1 }
+                            END { exit !found }' "$log"; then
+            return 0
+        fi
+    done
+    return 1
+}
+
+RUN=$CFG
+[ "$ENSEMBLE" = True ] && RUN=${CFG}_ensemble
+RUN=$RUN${TAG:+_$TAG}
+DIR=$OUTPUT/$TRAINER/$RUN/$DATASET
+if finished "$DIR" "=> result"; then
+    echo "Oops! The results exist at $DIR (so skip this job)"
+    exit 0
+fi
+echo "==> [1/1] $TRAINER $DATASET -> $DIR"
+"$PYTHON" "$REPO/train.py" \
+    --root "$DATA" \
+    --trainer "$TRAINER" \
+    --dataset-config-file "$REPO/configs/datasets/$DATASET.yaml" \
+    --config-file "$REPO/configs/trainers/CoOp/$CFG.yaml" \
+    --output-dir "$DIR" \
+    --eval-only \
+    TRAINER.ZSCLIP.ENSEMBLE "$ENSEMBLE" \
+    "$@"
+rc=$?
+if [ $rc -ne 0 ]; then
+    echo "ERROR: $TRAINER $DATASET failed (train.py exit status $rc); output folder: $DIR." >&2
+    exit $rc
+fi
+echo "==> $TRAINER $DATASET: done. Results: python scripts/parse_results.py $OUTPUT"
