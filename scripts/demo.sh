@@ -21,7 +21,6 @@
 #   (CoOp's context tokens), PYTHON (default python, else python3), OMP_NUM_THREADS (default 1).
 set -uo pipefail
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WORK=${WORK:-output/demo}
 mkdir -p "$WORK" && WORK=$(cd "$WORK" && pwd)
 CLASSES=${DEMO_CLASSES:-4}
@@ -35,10 +34,7 @@ EPOCHS=${DEMO_EPOCHS:-12}
 BATCH=${DEMO_BATCH:-8}
 SEEDS=${DEMO_SEEDS:-1 2 3}
 NCTX=${DEMO_NCTX:-16}
-if [ -z "${PYTHON:-}" ]; then
-    PYTHON=python
-    command -v python >/dev/null 2>&1 || PYTHON=python3
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"  # REPO, PYTHON
 export PYTHON
 # One intra-op thread: the demo's tensors are tiny, and on a busy 2-core machine torch's default thread
 # pool makes each small operation wait for the other core (measured: a 12-epoch run 10 s with 1 thread,

@@ -31,18 +31,13 @@ DATASET=$1
 SEED=$2
 shift 2
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-absolute() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 DATA=$(absolute "${DATA:-data}")
 OUTPUT=$(absolute "${OUTPUT:-output}")
 TRAINER=${TRAINER:-CoCoOp}
 CFG=${CFG:-vit_b16_c4_ep10_batch1_ctxv1}
 SHOTS=${SHOTS:-16}
 TAG=${TAG:-}
-if [ -z "${PYTHON:-}" ]; then
-    PYTHON=python
-    command -v python >/dev/null 2>&1 || PYTHON=python3
-fi
 
 RUN=${CFG}${TAG:+_$TAG}
 DIR=$OUTPUT/base2new/train_base/$DATASET/shots_$SHOTS/$TRAINER/$RUN/seed$SEED
@@ -52,10 +47,9 @@ echo "  DATA=$DATA OUTPUT=$OUTPUT PYTHON=$PYTHON (environment variables)"
 echo "  extra options: ${*:-none}"
 
 # ---- checks before any run
-fail() { echo "ERROR: $*" >&2; exit 2; }
 [[ $SEED =~ ^[0-9]+$ ]] || fail "SEED must be a non-negative integer, got \"$SEED\""
 [[ $SHOTS =~ ^[1-9][0-9]*$ ]] || fail "SHOTS must be a positive integer, got \"$SHOTS\""
-[ $(($# % 2)) -eq 0 ] || fail "extra arguments must be KEY VALUE pairs; got an odd number: $*"
+check_pairs "$@"
 args=("$@")
 for ((i = 0; i < $#; i += 2)); do
     case ${args[i]} in
@@ -64,19 +58,6 @@ for ((i = 0; i < $#; i += 2)); do
     esac
 done
 
-# finished DIR SIGNAL: some log.txt* in DIR has a line starting with SIGNAL, later followed by "* accuracy: X%"
-finished() {
-    local log
-    for log in "$1"/log.txt*; do
-        [ -f "$log" ] || continue
-        if awk -v sig="$2" 'index($0, sig) == 1 { seen = 1 }
-                            seen && /^\* accuracy: [0-9.eE+-]+%/ { found = 1 }
-                            END { exit !found }' "$log"; then
-            return 0
-        fi
-    done
-    return 1
-}
 
 if finished "$DIR" "Finish training"; then
     echo "Oops! The results exist at $DIR (so skip this job)"

@@ -32,18 +32,13 @@ DATASET=$1
 shift
 TRAINER=CoCoOp
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-absolute() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 DATA=$(absolute "${DATA:-data}")
 OUTPUT=$(absolute "${OUTPUT:-output}")
 SHOTS=${SHOTS:-16}
 SEEDS=${SEEDS:-1 2 3}
 TAG=${TAG:-}
 CFG=${CFG:-vit_b16_c4_ep10_batch1_ctxv1}
-if [ -z "${PYTHON:-}" ]; then
-    PYTHON=python
-    command -v python >/dev/null 2>&1 || PYTHON=python3
-fi
 
 echo "CoCoOp few-shot: DATASET=$DATASET"
 echo "  DATA=$DATA"
@@ -52,12 +47,11 @@ echo "  SHOTS=$SHOTS SEEDS=\"$SEEDS\" CFG=$CFG TAG=$TAG PYTHON=$PYTHON"
 echo "  extra options: ${*:-none}"
 
 # ---- checks before any run
-fail() { echo "ERROR: $*" >&2; exit 2; }
 [[ $SHOTS =~ ^[1-9][0-9]*$ ]] || fail "SHOTS must be a positive integer, got \"$SHOTS\""
 [ -n "${SEEDS// /}" ] || fail "SEEDS is empty"
 [[ $TAG =~ ^[A-Za-z0-9.+-][A-Za-z0-9_.+-]*$ || -z $TAG ]] || fail "TAG may hold letters, digits and . _ + - only, got \"$TAG\""
 for s in $SEEDS; do [[ $s =~ ^[0-9]+$ ]] || fail "SEEDS must be non-negative integers, got \"$s\""; done
-[ $(($# % 2)) -eq 0 ] || fail "extra arguments must be KEY VALUE pairs; got an odd number: $*"
+check_pairs "$@"
 args=("$@")
 for ((i = 0; i < $#; i += 2)); do
     case ${args[i]} in
@@ -65,20 +59,6 @@ for ((i = 0; i < $#; i += 2)); do
     esac
 done
 
-# finished DIR SIGNAL: some log.txt* in DIR (log.txt-<time> are the logs of re-runs) has a line starting
-# with SIGNAL, later followed by "* accuracy: X%" -- what CoOp's parse_test_res.py reads.
-finished() {
-    local log
-    for log in "$1"/log.txt*; do
-        [ -f "$log" ] || continue
-        if awk -v sig="$2" 'index($0, sig) == 1 { seen = 1 }
-                            seen && /^\* accuracy: [0-9.eE+-]+%/ { found = 1 }
-                            END { exit !found }' "$log"; then
-            return 0
-        fi
-    done
-    return 1
-}
 
 n=$(echo $SEEDS | wc -w)
 i=0

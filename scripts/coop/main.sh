@@ -38,8 +38,7 @@ DATASET=$1
 shift
 TRAINER=CoOp
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-absolute() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 DATA=$(absolute "${DATA:-data}")
 OUTPUT=$(absolute "${OUTPUT:-output}")
 SHOTS=${SHOTS:-16}
@@ -49,10 +48,6 @@ CFG=${CFG:-vit_b16_ep50}
 NCTX=${NCTX:-16}
 CSC=${CSC:-False}
 CTP=${CTP:-end}
-if [ -z "${PYTHON:-}" ]; then
-    PYTHON=python
-    command -v python >/dev/null 2>&1 || PYTHON=python3
-fi
 
 echo "CoOp few-shot: DATASET=$DATASET"
 echo "  DATA=$DATA"
@@ -61,7 +56,6 @@ echo "  SHOTS=$SHOTS SEEDS=\"$SEEDS\" CFG=$CFG TAG=$TAG NCTX=$NCTX CSC=$CSC CTP=
 echo "  extra options: ${*:-none}"
 
 # ---- checks before any run
-fail() { echo "ERROR: $*" >&2; exit 2; }
 [[ $SHOTS =~ ^[1-9][0-9]*$ ]] || fail "SHOTS must be a positive integer, got \"$SHOTS\""
 [[ $NCTX =~ ^[1-9][0-9]*$ ]] || fail "NCTX must be a positive integer, got \"$NCTX\""
 [[ $CSC =~ ^(True|False)$ ]] || fail "CSC must be True or False, got \"$CSC\""
@@ -69,7 +63,7 @@ fail() { echo "ERROR: $*" >&2; exit 2; }
 [ -n "${SEEDS// /}" ] || fail "SEEDS is empty"
 [[ $TAG =~ ^[A-Za-z0-9.+-][A-Za-z0-9_.+-]*$ || -z $TAG ]] || fail "TAG may hold letters, digits and . _ + - only, got \"$TAG\""
 for s in $SEEDS; do [[ $s =~ ^[0-9]+$ ]] || fail "SEEDS must be non-negative integers, got \"$s\""; done
-[ $(($# % 2)) -eq 0 ] || fail "extra arguments must be KEY VALUE pairs; got an odd number: $*"
+check_pairs "$@"
 args=("$@")
 for ((i = 0; i < $#; i += 2)); do
     case ${args[i]} in
@@ -80,20 +74,6 @@ for ((i = 0; i < $#; i += 2)); do
     esac
 done
 
-# finished DIR SIGNAL: some log.txt* in DIR (log.txt-<time> are the logs of re-runs) has a line starting
-# with SIGNAL, later followed by "* accuracy: X%" -- what CoOp's parse_test_res.py reads.
-finished() {
-    local log
-    for log in "$1"/log.txt*; do
-        [ -f "$log" ] || continue
-        if awk -v sig="$2" 'index($0, sig) == 1 { seen = 1 }
-                            seen && /^\* accuracy: [0-9.eE+-]+%/ { found = 1 }
-                            END { exit !found }' "$log"; then
-            return 0
-        fi
-    done
-    return 1
-}
 
 n=$(echo $SEEDS | wc -w)
 i=0

@@ -32,17 +32,12 @@ DATASET=$1
 shift
 TRAINER=ZeroshotCLIP
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-absolute() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 DATA=$(absolute "${DATA:-data}")
 OUTPUT=$(absolute "${OUTPUT:-output}")
 CFG=${CFG:-vit_b16}
 ENSEMBLE=${ENSEMBLE:-False}
 TAG=${TAG:-}
-if [ -z "${PYTHON:-}" ]; then
-    PYTHON=python
-    command -v python >/dev/null 2>&1 || PYTHON=python3
-fi
 
 echo "Zero-shot CLIP: DATASET=$DATASET"
 echo "  DATA=$DATA"
@@ -50,10 +45,9 @@ echo "  OUTPUT=$OUTPUT"
 echo "  CFG=$CFG ENSEMBLE=$ENSEMBLE TAG=$TAG PYTHON=$PYTHON (SHOTS and SEEDS are not used: no training)"
 echo "  extra options: ${*:-none}"
 
-fail() { echo "ERROR: $*" >&2; exit 2; }
 [[ $ENSEMBLE =~ ^(True|False)$ ]] || fail "ENSEMBLE must be True or False, got \"$ENSEMBLE\""
 [[ $TAG =~ ^[A-Za-z0-9.+-][A-Za-z0-9_.+-]*$ || -z $TAG ]] || fail "TAG may hold letters, digits and . _ + - only, got \"$TAG\""
-[ $(($# % 2)) -eq 0 ] || fail "extra arguments must be KEY VALUE pairs; got an odd number: $*"
+check_pairs "$@"
 args=("$@")
 for ((i = 0; i < $#; i += 2)); do
     case ${args[i]} in
@@ -61,20 +55,6 @@ for ((i = 0; i < $#; i += 2)); do
     esac
 done
 
-# finished DIR SIGNAL: some log.txt* in DIR (log.txt-<time> are the logs of re-runs) has a line starting
-# with SIGNAL, later followed by "* accuracy: X%" -- what CoOp's parse_test_res.py --test-log reads.
-finished() {
-    local log
-    for log in "$1"/log.txt*; do
-        [ -f "$log" ] || continue
-        if awk -v sig="$2" 'index($0, sig) == 1 { seen = 1 }
-                            seen && /^\* accuracy: [0-9.eE+-]+%/ { found = 1 }
-                            END { exit !found }' "$log"; then
-            return 0
-        fi
-    done
-    return 1
-}
 
 RUN=$CFG
 [ "$ENSEMBLE" = True ] && RUN=${CFG}_ensemble
