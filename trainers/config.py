@@ -27,6 +27,7 @@ def extend_cfg(cfg):
 
     add_mixprompt_config(cfg)
     add_cocoop_config(cfg)
+    add_linear_probe_config(cfg)
     return cfg
 
 
@@ -99,4 +100,22 @@ def add_cocoop_config(cfg):
     c.CTX_INIT = ""  # initialisation words, e.g. "a photo of a" (sets N_CTX); "" = N(0, 0.02)
     c.PREC = "fp16"  # fp16 | fp32 | amp (fp16 runs as fp32 on CPU)
     c.BATCH_CHUNK = 0  # images per chunk of per-image prompts (0 = automatic)
+    return cfg
+
+
+def add_linear_probe_config(cfg):
+    """TRAINER.LINEAR_PROBE: the linear-probe baseline (trainers/linear_probe.py, docs/linear_probe.md).
+
+    C (sklearn's convention: larger = weaker L2) is searched on a coarse log10 grid of COARSE_STEPS values
+    from 10**C_MIN_LOG10 to 10**C_MAX_LOG10 (CoOp's 1e-6 .. 1e6 in powers of 100), then REFINE_STEPS
+    bisection steps in log space around the best; FOLDS-fold cross-validation on train when val is empty.
+    """
+    lp = cfg.TRAINER.LINEAR_PROBE = CN()
+    lp.C_MIN_LOG10 = -6.0
+    lp.C_MAX_LOG10 = 6.0
+    lp.COARSE_STEPS = 7  # grid values including both bounds
+    lp.REFINE_STEPS = 8  # bisection steps (2 fits each)
+    lp.MAX_ITER = 1000  # L-BFGS iterations per fit
+    lp.FOLDS = 3  # cross-validation folds when the val split is empty
+    lp.PREC = "fp16"  # fp16 | fp32 | amp: feature extraction only (fp16 runs as fp32 on CPU)
     return cfg

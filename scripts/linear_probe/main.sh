@@ -1,0 +1,96 @@
+#!/bin/bash
+# Few-shot linear-probe CLIP (CoOp's linear-probe baseline): logistic regression on frozen CLIP image
+# features of the few-shot train split, its L2 strength C searched on the val split; one run per seed.
+#
+#   bash scripts/linear_probe/main.sh DATASET [KEY VALUE ...]
+#   e.g. bash scripts/linear_probe/main.sh stanford_cars
+#        SHOTS=4 bash scripts/linear_probe/main.sh stanford_cars MODEL.BACKBONE.NAME weights/tiny_clip.pt
+#
+# DATASET names configs/datasets/<DATASET>.yaml. Trailing KEY VALUE pairs go to train.py as config opts
+# (e.g. TRAINER.LINEAR_PROBE.REFINE_STEPS 4); DATASET.NUM_SHOTS is refused there (set SHOTS: it names the
+# output folder).
+#
+# Environment (defaults printed at start):
+#   DATA     dataset root (train.py --root)                    default: data
+#   OUTPUT   output root                                       default: output
+#   SHOTS    training images per class                         default: 16
+#   SEEDS    seeds, one run each (they pick the few-shot set)  default: "1 2 3"
+#   CFG      configs/trainers/LinearProbeCLIP/<CFG>.yaml       default: vit_b16 (rn50: CoOp's paper backbone)
+#   TAG      variant name, appended to the config folder:      default: none
+#            <CFG>_<TAG>_<SHOTS>shots
+#   PYTHON   interpreter                                       default: python (else python3)
+#
+# Output (CoOp's layout): $OUTPUT/<DATASET>/LinearProbeCLIP/<CFG>[_<TAG>]_<SHOTS>shots/seed<SEED>
+# A finished run (a log.txt* with the test "* accuracy: X%" after "Finish training") is skipped with
+# CoOp's message; an unfinished one is run again into its folder (a saved head is reused, else refitted).
+# The script stops with train.py's exit status at the first run that fails.
+set -uo pipefail
+
+if [ $# -lt 1 ]; then
+    echo "usage: [DATA=...] [OUTPUT=...] [SHOTS=16] [SEEDS=\"1 2 3\"] [CFG=vit_b16] [TAG=...] bash $0 DATASET [KEY VALUE ...]" >&2
+    exit 2
+fi
+DATASET=$1
+shift
+TRAINER=LinearProbeCLIP
+
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
+DATA=$(absolute "${DATA:-data}")
+OUTPUT=$(absolute "${OUTPUT:-output}")
+SHOTS=${SHOTS:-16}
+SEEDS=${SEEDS:-1 2 3}
+TAG=${TAG:-}
+CFG=${CFG:-vit_b16}
+
+echo "Linear-probe CLIP few-shot: DATASET=$DATASET"
+echo "  DATA=$DATA"
+echo "  OUTPUT=$OUTPUT"
+echo "  SHOTS=$SHOTS SEEDS=\"$SEEDS\" CFG=$CFG TAG=$TAG PYTHON=$PYTHON"
+echo "  extra options: ${*:-none}"
+
+# ---- checks before any run
+[[ $SHOTS =~ ^[1-9][0-9]*$ ]] || fail "SHOTS must be a positive integer, got \"$SHOTS\""
+[ -n "${SEEDS// /}" ] || fail "SEEDS is empty"
+[[ $TAG =~ ^[A-Za-z0-9.+-][A-Za-z0-9_.+-]*$ || -z $TAG ]] || fail "TAG may hold letters, digits and . _ + - only, got \"$TAG\""
+for s in $SEEDS; do [[ $s =~ ^[0-9]+$ ]] || fail "SEEDS must be non-negative integers, got \"$s\""; done
+[ -f "$REPO/configs/trainers/$TRAINER/$CFG.yaml" ] || fail "CFG: configs/trainers/$TRAINER/$CFG.yaml does not exist"
+check_pairs "$@"
+args=("$@")
+for ((i = 0; i < $#; i += 2)); do
+    case ${args[i]} in
+        DATASET.NUM_SHOTS) fail "set the shots with SHOTS=${args[i+1]}, not DATASET.NUM_SHOTS (it names the output folder)" ;;
+    esac
+done
+
+
+n=$(echo $SEEDS | wc -w)
+i=0
+for SEED in $SEEDS; do
+    i=$((i + 1))
+    DIR=$OUTPUT/$DATASET/$TRAINER/${CFG}${TAG:+_$TAG}_${SHOTS}shots/seed$SEED
+    if finished "$DIR" "Finish training"; then
+        echo "Oops! The results exist at $DIR (so skip this job)"
+        continue
+    fi
+    if [ -d "$DIR" ]; then
+        echo "==> [$i/$n] $TRAINER $DATASET seed $SEED: unfinished run at $DIR, running it again"
+    else
+        echo "==> [$i/$n] $TRAINER $DATASET seed $SEED -> $DIR"
+    fi
+    "$PYTHON" "$REPO/train.py" \
+        --root "$DATA" \
+        --seed "$SEED" \
+        --trainer "$TRAINER" \
+        --dataset-config-file "$REPO/configs/datasets/$DATASET.yaml" \
+        --config-file "$REPO/configs/trainers/$TRAINER/$CFG.yaml" \
+        --output-dir "$DIR" \
+        DATASET.NUM_SHOTS "$SHOTS" \
+        "$@"
+    rc=$?
+    if [ $rc -ne 0 ]; then
+        echo "ERROR: $TRAINER $DATASET seed $SEED failed (train.py exit status $rc); output folder: $DIR." >&2
+        echo "       Later seeds were not run. Fix the cause and run this command again: finished runs are skipped." >&2
+        exit $rc
+    fi
+done
+echo "==> $TRAINER $DATASET: done. Results: python scripts/parse_results.py $OUTPUT/$DATASET"
