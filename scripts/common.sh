@@ -31,3 +31,46 @@ finished() {
     done
     return 1
 }
+
+# run_seeds LABEL RUN_PARENT SCRIPT_OPTS... -- USER_OPTS...
+# One few-shot training run per seed in $SEEDS, into RUN_PARENT/seed<SEED>, with $TRAINER, $CFG
+# (configs/trainers/$TRAINER/$CFG.yaml), $DATASET, $DATA and $SHOTS; the script's own opts, then the
+# user's. A finished run is skipped with CoOp's message, an unfinished one is run again into its folder
+# (train.py resumes from the latest checkpoint). Stops with train.py's exit status at the first failure.
+run_seeds() {
+    local label=$1 parent=$2 n i=0 SEED DIR rc
+    shift 2
+    local script_opts=()
+    while [ $# -gt 0 ] && [ "$1" != "--" ]; do script_opts+=("$1"); shift; done
+    [ $# -gt 0 ] && shift
+    n=$(echo $SEEDS | wc -w)
+    for SEED in $SEEDS; do
+        i=$((i + 1))
+        DIR=$parent/seed$SEED
+        if finished "$DIR" "Finish training"; then
+            echo "Oops! The results exist at $DIR (so skip this job)"
+            continue
+        fi
+        if [ -d "$DIR" ]; then
+            echo "==> [$i/$n] $label seed $SEED: unfinished run at $DIR, running it again (resumes from its latest checkpoint)"
+        else
+            echo "==> [$i/$n] $label seed $SEED -> $DIR"
+        fi
+        "$PYTHON" "$REPO/train.py" \
+            --root "$DATA" \
+            --seed "$SEED" \
+            --trainer "$TRAINER" \
+            --dataset-config-file "$REPO/configs/datasets/$DATASET.yaml" \
+            --config-file "$REPO/configs/trainers/$TRAINER/$CFG.yaml" \
+            --output-dir "$DIR" \
+            DATASET.NUM_SHOTS "$SHOTS" \
+            "${script_opts[@]}" "$@"
+        rc=$?
+        if [ $rc -ne 0 ]; then
+            echo "ERROR: $label seed $SEED failed (train.py exit status $rc); output folder: $DIR." >&2
+            echo "       Later seeds were not run. Fix the cause and run this command again: finished runs are skipped, this one resumes." >&2
+            exit $rc
+        fi
+    done
+    echo "==> $label: done. Results: python scripts/parse_results.py $OUTPUT/$DATASET"
+}

@@ -63,34 +63,4 @@ for ((i = 0; i < $#; i += 2)); do
 done
 
 
-n=$(echo $SEEDS | wc -w)
-i=0
-for SEED in $SEEDS; do
-    i=$((i + 1))
-    DIR=$OUTPUT/$DATASET/$TRAINER/${CFG}${TAG:+_$TAG}_${SHOTS}shots/seed$SEED
-    if finished "$DIR" "Finish training"; then
-        echo "Oops! The results exist at $DIR (so skip this job)"
-        continue
-    fi
-    if [ -d "$DIR" ]; then
-        echo "==> [$i/$n] $TRAINER $DATASET seed $SEED: unfinished run at $DIR, running it again"
-    else
-        echo "==> [$i/$n] $TRAINER $DATASET seed $SEED -> $DIR"
-    fi
-    "$PYTHON" "$REPO/train.py" \
-        --root "$DATA" \
-        --seed "$SEED" \
-        --trainer "$TRAINER" \
-        --dataset-config-file "$REPO/configs/datasets/$DATASET.yaml" \
-        --config-file "$REPO/configs/trainers/$TRAINER/$CFG.yaml" \
-        --output-dir "$DIR" \
-        DATASET.NUM_SHOTS "$SHOTS" \
-        "$@"
-    rc=$?
-    if [ $rc -ne 0 ]; then
-        echo "ERROR: $TRAINER $DATASET seed $SEED failed (train.py exit status $rc); output folder: $DIR." >&2
-        echo "       Later seeds were not run. Fix the cause and run this command again: finished runs are skipped." >&2
-        exit $rc
-    fi
-done
-echo "==> $TRAINER $DATASET: done. Results: python scripts/parse_results.py $OUTPUT/$DATASET"
+run_seeds "$TRAINER $DATASET" "$OUTPUT/$DATASET/$TRAINER/${CFG}${TAG:+_$TAG}_${SHOTS}shots" -- "$@"
