@@ -17,6 +17,14 @@ fi
 # check_pairs ARGS...: the extra arguments must be KEY VALUE pairs
 check_pairs() { [ $(($# % 2)) -eq 0 ] || fail "extra arguments must be KEY VALUE pairs; got an odd number: $*"; }
 
+# check_fewshot_settings: SHOTS a positive integer, SEEDS non-empty non-negative integers, TAG a safe name
+check_fewshot_settings() {
+    [[ $SHOTS =~ ^[1-9][0-9]*$ ]] || fail "SHOTS must be a positive integer, got \"$SHOTS\""
+    [ -n "${SEEDS// /}" ] || fail "SEEDS is empty"
+    [[ $TAG =~ ^[A-Za-z0-9.+-][A-Za-z0-9_.+-]*$ || -z $TAG ]] || fail "TAG may hold letters, digits and . _ + - only, got \"$TAG\""
+    local s; for s in $SEEDS; do [[ $s =~ ^[0-9]+$ ]] || fail "SEEDS must be non-negative integers, got \"$s\""; done
+}
+
 # finished DIR SIGNAL: some log.txt* in DIR (log.txt-<time> are the logs of re-runs) has a line starting
 # with SIGNAL, later followed by "* accuracy: X%" -- what CoOp's parse_test_res.py reads.
 finished() {

@@ -56,13 +56,10 @@ echo "  SHOTS=$SHOTS SEEDS=\"$SEEDS\" CFG=$CFG TAG=$TAG NCTX=$NCTX CSC=$CSC CTP=
 echo "  extra options: ${*:-none}"
 
 # ---- checks before any run
-[[ $SHOTS =~ ^[1-9][0-9]*$ ]] || fail "SHOTS must be a positive integer, got \"$SHOTS\""
 [[ $NCTX =~ ^[1-9][0-9]*$ ]] || fail "NCTX must be a positive integer, got \"$NCTX\""
 [[ $CSC =~ ^(True|False)$ ]] || fail "CSC must be True or False, got \"$CSC\""
 [[ $CTP =~ ^(end|middle|front)$ ]] || fail "CTP must be end, middle or front, got \"$CTP\""
-[ -n "${SEEDS// /}" ] || fail "SEEDS is empty"
-[[ $TAG =~ ^[A-Za-z0-9.+-][A-Za-z0-9_.+-]*$ || -z $TAG ]] || fail "TAG may hold letters, digits and . _ + - only, got \"$TAG\""
-for s in $SEEDS; do [[ $s =~ ^[0-9]+$ ]] || fail "SEEDS must be non-negative integers, got \"$s\""; done
+check_fewshot_settings
 check_pairs "$@"
 args=("$@")
 for ((i = 0; i < $#; i += 2)); do

@@ -52,10 +52,7 @@ echo "  extra options: ${*:-none}"
 
 # ---- checks before any run
 [[ $K =~ ^[1-9][0-9]*$ ]] || fail "K must be a positive integer, got \"$K\""
-[[ $SHOTS =~ ^[1-9][0-9]*$ ]] || fail "SHOTS must be a positive integer, got \"$SHOTS\""
-[ -n "${SEEDS// /}" ] || fail "SEEDS is empty"
-[[ $TAG =~ ^[A-Za-z0-9.+-][A-Za-z0-9_.+-]*$ || -z $TAG ]] || fail "TAG may hold letters, digits and . _ + - only, got \"$TAG\""
-for s in $SEEDS; do [[ $s =~ ^[0-9]+$ ]] || fail "SEEDS must be non-negative integers, got \"$s\""; done
+check_fewshot_settings
 check_pairs "$@"
 args=("$@")
 for ((i = 0; i < $#; i += 2)); do
