@@ -223,6 +223,56 @@ def test_text_encoder_gradient_reaches_prompt_embeddings(tiny_models):
     assert prompts.grad[0, eot[0] + 1:].abs().sum() == 0  # causal: padding gets no gradient
 
 
+def test_trimmed_encoding_equals_padded_to_77(tiny_models):
+    """Cutting the dead padding is exact: same features as running all 77 positions (CoOp's way)."""
+    encoder = TextEncoder(tiny_models["vit"].model)
+    padded = TextEncoder(tiny_models["vit"].model, trim_padding=False)
+    tokens = tokenize(PROMPTS)
+    prompts = encoder.embed(tokens)
+    with torch.no_grad():
+        trimmed_features = encoder(prompts, tokens)
+        padded_features = padded(prompts, tokens)
+    assert (trimmed_features - padded_features).abs().max().item() <= 1e-5
+
+
+def test_chunked_checkpointed_encoding_gives_the_same_features_and_gradients(tiny_models):
+    encoder = TextEncoder(tiny_models["vit"].model)
+    tokens = tokenize(PROMPTS)
+    weights = torch.randn(len(PROMPTS), 64)
+
+    def features_and_grad(**kwargs):
+        prompts = encoder.embed(tokens).detach().requires_grad_(True)
+        features = encoder(prompts, tokens, **kwargs)
+        (features * weights).sum().backward()
+        return features.detach(), prompts.grad
+
+    plain = features_and_grad()
+    for kwargs in ({"chunk_size": 2}, {"chunk_size": 2, "checkpoint": True}, {"checkpoint": True}):
+        features, grad = features_and_grad(**kwargs)
+        torch.testing.assert_close(features, plain[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(grad, plain[1], rtol=1e-4, atol=1e-4)  # chunks cut to other lengths
+
+
+def test_checkpointing_keeps_only_chunk_inputs_for_backward(tiny_models):
+    """With checkpointing, the tensors saved for backward do not grow with the transformer's depth."""
+    encoder = TextEncoder(tiny_models["vit"].model)
+    tokens = tokenize(PROMPTS * 4)
+
+    def saved_bytes(**kwargs):
+        total = [0]
+
+        def pack(tensor):
+            total[0] += tensor.numel() * tensor.element_size()
+            return tensor
+
+        prompts = encoder.embed(tokens).detach().requires_grad_(True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            encoder(prompts, tokens, **kwargs)
+        return total[0]
+
+    assert saved_bytes(chunk_size=4, checkpoint=True) * 4 < saved_bytes(chunk_size=4)
+
+
 def test_text_encoder_rejects_bad_shapes_and_chunk(tiny_models):
     encoder = TextEncoder(tiny_models["vit"].model)
     tokens = tokenize(PROMPTS)

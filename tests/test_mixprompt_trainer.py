@@ -1,4 +1,6 @@
 """MixPrompt through the real trainer on generated data with the tiny CLIP."""
+import math
+
 import pytest
 import torch
 
@@ -98,3 +100,81 @@ def test_shared_scope_scores_new_classes(build_trainer_for):
         "TRAINER.MIXPROMPT.K", "2", "TRAINER.MIXPROMPT.SCOPE", "shared", "DATASET.SUBSAMPLE_CLASSES", "new"])
     assert trainer.model.prompt_learner.offsets.shape[0] == 2  # (K, D): no per-class parameters
     assert trainer.test() >= 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Large label spaces: chunked + checkpointed encoding, class sampling (exactness, never timings)
+
+TOKEN = ["TRAINER.MIXPROMPT.K", "3", "TRAINER.MIXPROMPT.OFFSET_SPACE", "token", "TRAINER.MIXPROMPT.INIT", "random",
+         "TRAINER.MIXPROMPT.BALANCE", "none"]
+
+
+def _loss_and_grads(trainer, batch):
+    trainer.model.zero_grad(set_to_none=True)
+    trainer.epoch, trainer.batch_idx = 0, 0
+    trainer.before_epoch()
+    torch.manual_seed(5)
+    loss, _, _ = trainer.compute_loss(batch)
+    loss.backward()
+    learner = trainer.model.prompt_learner
+    grads = [p.grad.clone() for p in learner.parameters() if p.requires_grad]
+    return (loss.detach(), *grads)
+
+
+def test_chunked_checkpointed_token_space_equals_unchunked(build_trainer_for):
+    results = []
+    for opts in (["TRAINER.MIXPROMPT.ENCODE_CHUNK", "0"],
+                 ["TRAINER.MIXPROMPT.ENCODE_CHUNK", "5", "TRAINER.MIXPROMPT.ENCODE_CHECKPOINT", "True"]):
+        trainer = build_trainer_for("MixPrompt", config=MP, opts=TOKEN + opts)
+        results.append(_loss_and_grads(trainer, _batch(trainer)))
+    for full, chunked in zip(*results):
+        torch.testing.assert_close(chunked, full, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("space", ["feature", "token"])
+def test_class_sample_of_all_classes_is_exactly_the_full_loss(build_trainer_for, space):
+    opts = ["TRAINER.MIXPROMPT.K", "3", "TRAINER.MIXPROMPT.OFFSET_SPACE", space, "TRAINER.MIXPROMPT.INIT", "random"]
+    results = []
+    for sample in ("0", "4", "100"):  # the generated cars have 4 classes
+        trainer = build_trainer_for("MixPrompt", config=MP, opts=opts + ["TRAINER.MIXPROMPT.CLASS_SAMPLE", sample])
+        results.append(_loss_and_grads(trainer, _batch(trainer))[:2])
+    for other in results[1:]:
+        assert torch.equal(other[0], results[0][0]) and torch.equal(other[1], results[0][1])
+
+
+def test_class_sampling_scores_batch_classes_plus_corrected_negatives(build_trainer_for):
+    trainer = build_trainer_for("MixPrompt", config=MP, opts=TOKEN + ["TRAINER.MIXPROMPT.CLASS_SAMPLE", "2",
+                                                                      "TRAINER.MIXPROMPT.OFFSET_REG_WEIGHT", "0.0"])
+    batch = _batch(trainer)
+    batch = {key: value[:1] for key, value in batch.items()}  # one image: 1 batch class + 1 drawn of 3
+    seen = []
+    original = trainer.model.text_features
+    trainer.model.text_features = lambda classes=None: seen.append(classes) or original(classes)
+    loss, *grads = _loss_and_grads(trainer, batch)
+    offsets_grad = trainer.model.prompt_learner.offsets.grad
+    label = int(batch["label"][0])
+    classes = seen[0].tolist()
+    assert len(classes) == 2 and classes[0] == label and classes[1] != label
+    assert offsets_grad[classes].abs().sum() > 0  # the sampled classes learn ...
+    others = [c for c in range(4) if c not in classes]
+    assert offsets_grad[others].abs().sum() == 0  # ... the unsampled ones are not even encoded
+    assert torch.isfinite(loss)
+
+
+def test_sample_classes_correction_and_remapped_labels():
+    from trainers.mixprompt_model import sample_classes
+
+    labels = torch.tensor([7, 2, 7])
+    classes, target, correction = sample_classes(labels, 10, 4, generator=torch.Generator().manual_seed(0))
+    assert classes[:2].tolist() == [2, 7] and len(set(classes.tolist())) == 4
+    assert classes[target].tolist() == labels.tolist()
+    # 2 of the 8 other classes drawn: inclusion probability 1/4, correction log 4; batch classes 0
+    torch.testing.assert_close(correction, torch.tensor([0.0, 0.0, math.log(4), math.log(4)]))
+    # unbiased partition function: E[sum_sampled exp(s) * exp(correction)] = sum_all exp(s)
+    scores = torch.randn(10)
+    gen = torch.Generator().manual_seed(1)
+    estimates = []
+    for _ in range(4000):
+        classes, _, correction = sample_classes(labels, 10, 4, generator=gen)
+        estimates.append((scores[classes] + correction).exp().sum())
+    assert abs(torch.stack(estimates).mean() / scores.exp().sum() - 1) < 0.03

@@ -58,6 +58,10 @@ def add_mixprompt_config(cfg):
     m.CTX_INIT = "a photo of a"  # sets N_CTX to its token count when non-empty
     m.CLASS_TOKEN_POSITION = "end"  # end | middle | front
     m.ENCODE_CHUNK = 1024  # token space: encode the C*K prompts in chunks of this many rows (0 = all at once)
+    m.ENCODE_CHECKPOINT = False  # token space: recompute each chunk's activations in backward (memory ~ chunk)
+    # token space, large label spaces: classes per training step (the batch's classes plus uniformly sampled
+    # others, with the sampled-softmax logit correction); 0 = all classes (exact). See docs/performance.md.
+    m.CLASS_SAMPLE = 0
     # feature space: templates of the frozen base class feature b[c]
     m.TEMPLATES = "hierarchical"  # dataset | ensemble | hierarchical (class metadata; else ensemble)
     # EM temperature, annealed by iteration from TAU_START to TAU_END

@@ -98,9 +98,14 @@ class FeatureSubprompts(nn.Module):
     def flat_offsets(self):
         return self.offsets  # (C, K, D) or (K, D)
 
-    def subprompt_features(self, text_encoder=None, chunk_size=None):
-        offsets = self.offsets if self.scope == "class" else self.offsets.unsqueeze(0)
-        return F.normalize(self.base_features.unsqueeze(1) + offsets, dim=-1)  # (C, K, D)
+    def subprompt_features(self, text_encoder=None, classes=None, chunk_size=None, checkpoint=False):
+        """(C, K, D) L2-normalised, or (S, K, D) for the classes (S,) given."""
+        base = self.base_features if classes is None else self.base_features[classes]  # (S, D)
+        if self.scope == "shared":
+            offsets = self.offsets.unsqueeze(0)  # (1, K, D)
+        else:
+            offsets = self.offsets if classes is None else self.offsets[classes]  # (S, K, D)
+        return F.normalize(base.unsqueeze(1) + offsets, dim=-1)
 
 
 class TokenSubprompts(nn.Module):
@@ -122,14 +127,22 @@ class TokenSubprompts(nn.Module):
     def flat_offsets(self):
         return self.offsets.flatten(-2)  # (C, K, M*W) or (K, M*W)
 
-    def subprompt_features(self, text_encoder, chunk_size=None):
-        class_index = torch.arange(self.n_cls, device=self.ctx.device).repeat_interleave(self.n_sub)  # (C*K,)
-        offsets = self.offsets if self.scope == "class" else self.offsets.unsqueeze(0).expand(self.n_cls, -1, -1, -1)
-        ctx = self.ctx.unsqueeze(0) + offsets.reshape(self.n_cls * self.n_sub, *self.ctx.shape)  # (C*K, M, W)
-        prompts = assemble_prompts(ctx, self.tokens, self.position, class_index)  # (C*K, L, W)
-        tokenized = self.tokens.tokenized_prompts[class_index]
-        features = text_encoder(prompts, tokenized, chunk_size=chunk_size or None)  # (C*K, D)
-        return F.normalize(features.float(), dim=-1).reshape(self.n_cls, self.n_sub, -1)  # (C, K, D)
+    def subprompt_features(self, text_encoder, classes=None, chunk_size=None, checkpoint=False):
+        """(C, K, D) L2-normalised, or (S, K, D) for the classes (S,) given. The S*K prompts are assembled
+        and encoded ``chunk_size`` rows at a time (activation checkpointing per chunk with ``checkpoint``)."""
+        if classes is None:
+            classes = torch.arange(self.n_cls, device=self.ctx.device)
+        class_index = classes.repeat_interleave(self.n_sub)  # (S*K,) class of each prompt row
+        sub_index = torch.arange(self.n_sub, device=self.ctx.device).repeat(len(classes))  # (S*K,)
+
+        def rows(chunk):
+            cls, sub = class_index[chunk], sub_index[chunk]
+            offsets = self.offsets[cls, sub] if self.scope == "class" else self.offsets[sub]  # (n, M, W)
+            prompts = assemble_prompts(self.ctx.unsqueeze(0) + offsets, self.tokens, self.position, cls)  # (n, L, W)
+            return prompts, self.tokens.tokenized_prompts[cls]
+
+        features = text_encoder.encode_rows(len(class_index), rows, chunk_size or None, checkpoint)  # (S*K, D)
+        return F.normalize(features.float(), dim=-1).reshape(len(classes), self.n_sub, -1)
 
 
 class MixPromptClassifier(CLIPClassifier):
@@ -139,6 +152,7 @@ class MixPromptClassifier(CLIPClassifier):
         self.sim_scale = m.SIM_SCALE
         self.eval_pool = m.EVAL_POOL or m.POOL
         self.chunk_size = m.ENCODE_CHUNK
+        self.encode_checkpoint = m.ENCODE_CHECKPOINT
         if m.OFFSET_SPACE == "feature":
             prompts = class_prompts(cfg.DATASET.NAME, classnames, metadata, m.TEMPLATES)
             print(f"Base class features from {len(prompts[0])} template(s) per class, e.g. {prompts[0]}")
@@ -150,9 +164,10 @@ class MixPromptClassifier(CLIPClassifier):
         # class-level marginal usage of sub-prompts (running estimate for BALANCE marginal_entropy)
         self.prompt_learner.register_buffer("running_usage", torch.full((len(classnames), m.K), 1.0 / m.K))
 
-    def text_features(self):
-        """All sub-prompt features (C, K, D), L2-normalised."""
-        return self.prompt_learner.subprompt_features(self.text_encoder, self.chunk_size)
+    def text_features(self, classes=None):
+        """Sub-prompt features (C, K, D) of all classes, or (S, K, D) of ``classes`` (S,); L2-normalised."""
+        return self.prompt_learner.subprompt_features(self.text_encoder, classes, self.chunk_size,
+                                                      self.encode_checkpoint)
 
     def scores(self, image_features, subprompt_features):
         return mm.subprompt_scores(image_features.float(), subprompt_features, self.sim_scale)  # (B, C, K)
@@ -315,15 +330,18 @@ class MixPrompt(CLIPTrainer):
         m = self.cfg.TRAINER.MIXPROMPT
         image, label = self.parse_batch_train(batch)
         tau = self.tau_at_step(self.epoch, self.batch_idx)
-        features = self.model.text_features()  # (C, K, D)
-        scores = self.model.scores(self.model.encode_image(image), features)  # (B, C, K)
-        own = mm.own_class_scores(scores, label)  # (B, K)
+        # target: each image's position among the scored classes (its label unless CLASS_SAMPLE)
+        sampled, target, correction = mm.sample_classes(label, self.num_classes, m.CLASS_SAMPLE)
+        features = self.model.text_features(sampled)  # (S, K, D); S = C unless CLASS_SAMPLE
+        scores = self.model.scores(self.model.encode_image(image), features)  # (B, S, K)
+        scores = scores + correction[None, :, None]  # sampled-softmax correction (zero for all classes)
+        own = mm.own_class_scores(scores, target)  # (B, K)
         if m.BALANCE == "sinkhorn":
             gamma = self._epoch_gamma[batch["index"].to(self.device)]
         else:
             gamma = mm.responsibilities(own.detach(), tau)
-        loss_mix = mm.mixture_loss(scores, label, gamma)
-        loss_cls = mm.class_loss(scores, label, m.POOL)
+        loss_mix = mm.mixture_loss(scores, target, gamma)
+        loss_cls = mm.class_loss(scores, target, m.POOL)
         loss = m.LAMBDA_MIXTURE * loss_mix + (1 - m.LAMBDA_MIXTURE) * loss_cls
         terms = {"loss_mix": loss_mix.item(), "loss_cls": loss_cls.item()}
         offsets = self.model.prompt_learner.flat_offsets()
@@ -343,7 +361,7 @@ class MixPrompt(CLIPTrainer):
         logits = mm.pool_scores(scores, m.POOL)
         terms["tau"] = tau
         self._loss_terms = terms
-        return loss, logits, label
+        return loss, logits, target
 
     def forward_backward(self, batch):
         summary = super().forward_backward(batch)
@@ -452,7 +470,8 @@ def validate_mixprompt_cfg(cfg):
     for name in ("SIM_SCALE",):
         if not m[name] > 0:
             raise ConfigError(f"{key}.{name}: must be positive, got {m[name]}")
-    for name in ("OFFSET_REG_WEIGHT", "DIVERSITY_WEIGHT", "BALANCE_WEIGHT", "OFFSET_INIT_SCALE", "ENCODE_CHUNK"):
+    for name in ("OFFSET_REG_WEIGHT", "DIVERSITY_WEIGHT", "BALANCE_WEIGHT", "OFFSET_INIT_SCALE", "ENCODE_CHUNK",
+                 "CLASS_SAMPLE"):
         if m[name] < 0:
             raise ConfigError(f"{key}.{name}: must be >= 0, got {m[name]}")
     if m.OFFSET_SPACE == "token" and m.INIT != "random":

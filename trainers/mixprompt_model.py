@@ -143,6 +143,36 @@ def sinkhorn_balance(own_scores, tau, n_iters=50):
     return q.to(own_scores.dtype)
 
 
+def sample_classes(labels, n_cls, n_sample, generator=None):
+    """Classes scored in one training step when the label space is large (sampled softmax).
+
+    Every class of the batch is kept (inclusion probability 1) and ``n_sample - #batch classes`` others are
+    drawn uniformly without replacement from the remaining ``n_cls - #batch classes``, each included with
+    probability q = drawn / remaining. Returns ``(classes (S,), labels in classes (B,), correction (S,))``
+    where ``correction`` = -log q (0 for the batch's classes) is added to a sampled class's scores: the
+    importance-weighted partition function sum_j exp(s_j) / q_j over the sample is then an unbiased
+    estimate of the full one (Bengio & Senecal 2008; Jean et al. 2015). The loss is its log, so it is
+    consistent but slightly optimistic in expectation (Jensen); with ``n_sample >= n_cls`` (or 0) all
+    classes are kept in order with zero correction and the loss is exactly the full one.
+    """
+    all_classes = torch.arange(n_cls, device=labels.device)
+    if n_sample <= 0 or n_sample >= n_cls:
+        return all_classes, labels, torch.zeros(n_cls, device=labels.device)
+    positives = torch.unique(labels)  # sorted (P,)
+    is_positive = torch.zeros(n_cls, dtype=torch.bool, device=labels.device)
+    is_positive[positives] = True
+    others = all_classes[~is_positive]  # (C - P,)
+    n_drawn = min(max(n_sample - len(positives), 0), len(others))
+    drawn = others[torch.randperm(len(others), generator=generator)[:n_drawn].to(labels.device)]
+    classes = torch.cat([positives, drawn])  # (S,)
+    correction = torch.zeros(len(classes), device=labels.device)
+    if n_drawn:
+        correction[len(positives):] = math.log(len(others) / n_drawn)
+    remap = torch.full((n_cls,), -1, dtype=torch.long, device=labels.device)
+    remap[positives] = torch.arange(len(positives), device=labels.device)
+    return classes, remap[labels], correction
+
+
 def usage_from_gamma(gamma, labels, n_cls):
     """Per-class hard usage (share of images whose arg-max sub-prompt is k) and soft usage (mean gamma),
     both (C, K), plus image counts (C,). Classes without images get zero rows."""

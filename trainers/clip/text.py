@@ -1,8 +1,9 @@
 """CLIP text side: OpenAI's BPE tokenizer and a text encoder that takes prompt *embeddings* (CoOp style)."""
 import functools
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 CONTEXT_LENGTH = 77
@@ -67,11 +68,13 @@ class TextEncoder(nn.Module):
     """CLIP's text transformer applied to prompt embeddings; returns projected EOT features (not normalised).
 
     Shares (does not copy) CLIP's modules. Attention is causal, so positions after the last EOT of a batch
-    cannot change any EOT feature: the sequence is cut to ``max_eot + 1`` before the transformer.
+    cannot change any EOT feature: the sequence is cut to ``max_eot + 1`` before the transformer
+    (``trim_padding=False`` runs the full padded context, as CoOp does; the benchmark's baseline).
     """
 
-    def __init__(self, clip_model: nn.Module):
+    def __init__(self, clip_model: nn.Module, trim_padding: bool = True):
         super().__init__()
+        self.trim_padding = trim_padding
         tower = _text_tower(clip_model)
         _check_text_tower(tower)
         self.token_embedding = tower.token_embedding  # nn.Embedding [vocab, W]
@@ -108,25 +111,41 @@ class TextEncoder(nn.Module):
 
     def encode_tokens(self, tokens: torch.Tensor, chunk_size: Optional[int] = None) -> torch.Tensor:
         """Token ids [N, L] -> text features [N, D]; equals CLIP's ``encode_text`` (unnormalised)."""
-        parts = [self._encode(self.embed(tokens[rows]), tokens[rows])
-                 for rows in _row_chunks(len(tokens), chunk_size)]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        return self.encode_rows(len(tokens), lambda rows: (self.embed(tokens[rows]), tokens[rows]), chunk_size)
 
     def forward(self, prompt_embeddings: torch.Tensor, tokenized: torch.Tensor,
-                chunk_size: Optional[int] = None) -> torch.Tensor:
+                chunk_size: Optional[int] = None, checkpoint: bool = False) -> torch.Tensor:
         """Prompt embeddings [N, L, W] and their token ids [N, L] -> EOT features [N, D].
 
-        The EOT position of each row is ``tokenized.argmax(-1)``. ``chunk_size`` encodes that many rows at a
-        time (each chunk cut to its own longest prompt) to bound memory.
+        The EOT position of each row is ``tokenized.argmax(-1)``. ``chunk_size`` and ``checkpoint``: see
+        :meth:`encode_rows`.
         """
         if prompt_embeddings.dim() != 3 or tokenized.shape != prompt_embeddings.shape[:2]:
             raise ValueError(f"expected prompt embeddings [N, L, W] and token ids [N, L], got "
                              f"{tuple(prompt_embeddings.shape)} and {tuple(tokenized.shape)}")
-        if prompt_embeddings.shape[1] > self.context_length:
-            raise ValueError(f"prompts of length {prompt_embeddings.shape[1]} exceed CLIP's context length "
-                             f"{self.context_length}")
-        parts = [self._encode(prompt_embeddings[rows], tokenized[rows])
-                 for rows in _row_chunks(len(tokenized), chunk_size)]
+        return self.encode_rows(len(tokenized), lambda rows: (prompt_embeddings[rows], tokenized[rows]),
+                                chunk_size, checkpoint)
+
+    def encode_rows(self, n_rows: int, make_rows: Callable[[slice], Tuple[torch.Tensor, torch.Tensor]],
+                    chunk_size: Optional[int] = None, checkpoint: bool = False) -> torch.Tensor:
+        """Features [n_rows, D] of prompts built ``chunk_size`` rows at a time.
+
+        ``make_rows(rows)`` returns the prompt embeddings [n, L, W] and token ids [n, L] of the rows in the
+        slice ``rows``; building them inside the chunk loop keeps the assembled prompts of only one chunk
+        alive. With ``checkpoint`` (and autograd on), each chunk's activations are recomputed in the
+        backward pass instead of kept, so training memory is bounded by the chunk size, not by the number
+        of prompts. Results are the same either way (up to float summation order across chunk sizes).
+        """
+        def encode(rows):
+            embeddings, tokens = make_rows(rows)
+            if embeddings.shape[1] > self.context_length:
+                raise ValueError(f"prompts of length {embeddings.shape[1]} exceed CLIP's context length "
+                                 f"{self.context_length}")
+            return self._encode(embeddings, tokens)
+
+        use_checkpoint = checkpoint and torch.is_grad_enabled()
+        parts = [torch.utils.checkpoint.checkpoint(encode, rows, use_reentrant=False) if use_checkpoint
+                 else encode(rows) for rows in _row_chunks(n_rows, chunk_size)]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _encode(self, x: torch.Tensor, tokenized: torch.Tensor) -> torch.Tensor:
@@ -134,7 +153,8 @@ class TextEncoder(nn.Module):
         if x.shape[0] == 0:
             return x.new_zeros(0, self.embed_dim)
         eot = tokenized.to(x.device).argmax(dim=-1)  # [n] EOT position of each row
-        cut = int(eot.max()) + 1  # causal attention: later positions cannot reach any EOT token
+        # causal attention: positions after the last EOT cannot reach any EOT token, so they are cut
+        cut = int(eot.max()) + 1 if self.trim_padding else x.shape[1]
         x = x[:, :cut] + self.positional_embedding[:cut].to(x.dtype)  # [n, cut, W]
         mask = self.attn_mask[:cut, :cut].to(device=x.device, dtype=x.dtype)  # [cut, cut]
         x = self.transformer(x, attn_mask=mask)  # [n, cut, W]; open_clip's Transformer is batch-first at its API
