@@ -19,3 +19,7 @@ class DataError(UserError):
 
 class WeightsError(UserError):
     """CLIP weights cannot be found, loaded or recognised."""
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the message names the step, the loss terms and likely causes."""

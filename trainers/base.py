@@ -3,25 +3,31 @@
 A trainer subclasses :class:`CLIPTrainer` and provides ``build_clip_model(classnames, clip)`` returning an
 ``nn.Module`` with a learnable sub-module ``prompt_learner`` (or none, for zero-shot), ``encode_image``,
 ``text_features()`` (all class text features, L2-normalised) and ``logits(image_features, text_features)``.
-Evaluation computes the text features once per ``test()`` call, never once per test batch.
+Evaluation computes the text features once per ``test()`` call, never once per test batch. With
+``FEATURE_CACHE_*`` keys on the trainer's node, image features come from ``trainers.feature_cache``.
 """
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 
 from engine import TrainerX, build_lr_scheduler, build_optimizer, compute_accuracy
-from engine.errors import ConfigError
+from engine.errors import ConfigError, TrainingDiverged
 
 from .clip import load_clip
 from .config import PRECISIONS
+from .feature_cache import CachedFeatureLoader, ImageFeatureCache
 
 LEARNABLE = "prompt_learner"
 
 
 def resolve_precision(prec, device, key):
-    """The precision actually used: fp16 and amp need CUDA; on CPU they run in fp32, and the log says so."""
+    """The precision actually used: fp16, amp and bf16 need CUDA; on CPU they run in fp32, and the log says
+    so. fp16 is CoOp's (CLIP's weights in half precision); amp and bf16 autocast the forward pass and keep
+    every parameter in fp32 (amp with a gradient scaler)."""
     if prec not in PRECISIONS:
         raise ConfigError(f'{key}: "{prec}" is not one of {list(PRECISIONS)}')
-    if device.type != "cuda" and prec in ("fp16", "amp"):
+    if device.type != "cuda" and prec in ("fp16", "amp", "bf16"):
         print(f"{key} is {prec} but the device is {device.type}: running in fp32 (half-precision CPU kernels "
               "are slow or missing)")
         return "fp32"
@@ -32,6 +38,7 @@ class CLIPTrainer(TrainerX):
     #: config node of the trainer, e.g. "COOP" (for the PREC key and messages)
     cfg_node = ""
     checkpoint_ignored_keys = ("token_prefix", "token_suffix")
+    feature_cache = None  # ImageFeatureCache when FEATURE_CACHE_VIEWS > 0 or FEATURE_CACHE_EVAL
 
     @property
     def trainer_cfg(self):
@@ -58,6 +65,7 @@ class CLIPTrainer(TrainerX):
     def build_model(self):
         classnames = self.dm.dataset.classnames
         clip_model = self.load_clip()
+        self.feature_cache = self.build_feature_cache()
         print("Building custom CLIP")
         self.model = self.build_clip_model(classnames, clip_model).eval()  # frozen parts stay in eval mode
         print("Turning off gradients in both the image and the text encoder")
@@ -66,6 +74,9 @@ class CLIPTrainer(TrainerX):
                 param.requires_grad_(False)
         self.model.to(self.device)
         self.scaler = None
+        if self.feature_cache is not None and self.feature_cache.views > 0:
+            features, labels = self.feature_cache.train_views(self.model, self.dm.dataset.train_x)
+            self.train_loader_x = CachedFeatureLoader(features, labels, self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE)
         learner = getattr(self.model, LEARNABLE, None)
         if learner is None:
             return
@@ -78,6 +89,17 @@ class CLIPTrainer(TrainerX):
             self.scaler = torch.amp.GradScaler("cuda")
         n_params = sum(p.numel() for p in learner.parameters() if p.requires_grad)
         print(f"Learnable parameters: {n_params:,}")
+
+    def build_feature_cache(self):
+        """The image-feature cache the trainer's FEATURE_CACHE_* keys ask for, or None."""
+        node, key = self.trainer_cfg, f"TRAINER.{self.cfg_node}"
+        views = node.get("FEATURE_CACHE_VIEWS", 0)
+        if views < 0:
+            raise ConfigError(f"{key}.FEATURE_CACHE_VIEWS: must be >= 0 (0 = no training-view cache), got {views}")
+        if views == 0 and not node.get("FEATURE_CACHE_EVAL", False):
+            return None
+        return ImageFeatureCache(self.cfg, self.device, self.precision, views, node.FEATURE_CACHE_DIR,
+                                 seed=max(self.cfg.SEED, 0))
 
     def load_init_weights(self, module, path):
         from engine import load_checkpoint
@@ -98,37 +120,100 @@ class CLIPTrainer(TrainerX):
     def parse_batch_train(self, batch):
         return batch["img"].to(self.device), batch["label"].to(self.device)
 
+    def batch_image_features(self, batch):
+        """(image features (B, D), labels (B,)) of a training batch: cached features when the loader gives
+        them (FEATURE_CACHE_VIEWS), else the frozen image encoder on the batch's images."""
+        if "features" in batch:
+            return batch["features"].to(self.device), batch["label"].to(self.device)
+        image, label = self.parse_batch_train(batch)
+        return self.model.encode_image(image), label
+
+    def autocast(self):
+        """The forward pass's autocast context: fp16 for amp, bf16 for bf16 (CUDA only), else none."""
+        if self.precision == "amp":
+            return torch.autocast("cuda", dtype=torch.float16)
+        if self.precision == "bf16":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
     def compute_loss(self, batch):
         """(loss, logits, label) for a training batch; trainers with other objectives override this."""
-        image, label = self.parse_batch_train(batch)
-        logits = self.model(image)
+        image_features, label = self.batch_image_features(batch)
+        logits = self.model.logits(image_features, self.model.text_features())
         return F.cross_entropy(logits, label), logits, label
 
+    def loss_terms(self):
+        """Named parts of the last loss, for the log line and for the message when a loss is not finite."""
+        return {}
+
     def forward_backward(self, batch):
-        if self.precision == "amp":
-            with torch.autocast("cuda"):
-                loss, logits, label = self.compute_loss(batch)
+        with self.autocast():
+            loss, logits, label = self.compute_loss(batch)
+        self.check_finite(loss)
+        if self.scaler is not None:
             self.optim.zero_grad()
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optim)
             self.scaler.update()
         else:
-            loss, logits, label = self.compute_loss(batch)
             self.model_backward_and_update(loss)
-        summary = {"loss": loss.item(), "acc": compute_accuracy(logits, label)[0].item()}
+        summary = {"loss": loss.item(), "acc": compute_accuracy(logits, label)[0].item(), **self.loss_terms()}
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
         return summary
 
+    def check_finite(self, loss):
+        """Stop the run at the first non-finite loss, naming the step, the loss terms and likely causes."""
+        if torch.isfinite(loss).all():
+            return
+        node = f"TRAINER.{self.cfg_node}"
+        terms = ", ".join(f"{k} {v:.4g}" for k, v in self.loss_terms().items()) or "no separate terms"
+        causes = [f"learning rate too high (OPTIM.LR {self.cfg.OPTIM.LR})"]
+        if self.precision == "fp16":
+            causes.insert(0, f"fp16 overflow ({node}.PREC fp16 keeps CLIP in half precision; try amp, bf16 or fp32)")
+        elif self.precision in ("amp", "bf16"):
+            causes.insert(0, f"reduced-precision overflow ({node}.PREC {self.precision}; try fp32)")
+        causes += self.divergence_causes()
+        raise TrainingDiverged(
+            f"the training loss is {loss.item()} at epoch {self.epoch + 1}, batch {self.batch_idx + 1} "
+            f"(loss terms: {terms}). Likely causes: " + "; ".join(causes) + ". The last checkpoint in "
+            f"{self.output_dir} (if any) is from before this step.")
+
+    def divergence_causes(self):
+        """Trainer-specific likely causes of a non-finite loss (for ``check_finite``)."""
+        return []
+
     @torch.no_grad()
     def test(self, split=None):
-        """Evaluate with the text features computed once for the whole evaluation."""
+        """Evaluate with the text features computed once for the whole evaluation (and the image features
+        once per run with FEATURE_CACHE_EVAL)."""
         self.set_model_mode("eval")
         self._eval_text_features = self.model.text_features()
         try:
-            return super().test(split)
+            if self.feature_cache is None:
+                return super().test(split)
+            return self.test_cached(split)
         finally:
             self._eval_text_features = None
+
+    def test_cached(self, split=None):
+        """The engine's evaluation (same split choice, log line, evaluator and TensorBoard tags) over
+        cached image features."""
+        split = split or self.cfg.TEST.SPLIT
+        split = "val" if split == "val" and self.val_loader is not None else "test"
+        items = self.dm.dataset.val if split == "val" else self.dm.dataset.test
+        features, labels = self.feature_cache.eval_features(self.model, items, split)
+        print(f"Evaluate on the *{split}* set")
+        self.evaluator.reset()
+        batch_size = self.cfg.DATALOADER.TEST.BATCH_SIZE
+        for start in range(0, len(labels), batch_size):
+            rows = slice(start, start + batch_size)
+            output = self.model.logits(features[rows].to(self.device), self._eval_text_features)
+            self.evaluator.process(output, labels[rows].to(self.device))
+        results = self.evaluator.evaluate()
+        for key, value in results.items():
+            self.write_scalar(f"{split}/{key}", value, self.epoch)
+        return list(results.values())[0]
 
     def model_inference(self, image):
         text_features = getattr(self, "_eval_text_features", None)

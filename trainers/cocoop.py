@@ -26,7 +26,6 @@ lets a model trained on base classes score new ones). As in CoCoOp, ``ctx`` and 
 CLIP's dtype (fp16 with PREC fp16 on a GPU).
 """
 from collections import OrderedDict
-from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
@@ -155,9 +154,6 @@ class CoCoOp(CLIPTrainer):
         super().build_model()
         enabled = sorted(name for name, p in self.model.named_parameters() if p.requires_grad)
         print("Parameters to be updated: {" + ", ".join(repr(name) for name in enabled) + "}")
-
-    def autocast(self):
-        return torch.autocast("cuda") if self.precision == "amp" else nullcontext()
 
     def forward_backward(self, batch):
         """CoCoOp's step (cross-entropy over the classes, mean over the batch), chunk by chunk of images:

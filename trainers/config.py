@@ -5,7 +5,7 @@ at start-up (``check_cfg``) with messages that name the key.
 """
 from yacs.config import CfgNode as CN
 
-PRECISIONS = ("fp16", "fp32", "amp")
+PRECISIONS = ("fp16", "fp32", "amp", "bf16")
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 SUBSAMPLE_CHOICES = ("all", "base", "new")
 
@@ -24,6 +24,7 @@ def extend_cfg(cfg):
     cfg.TRAINER.COOP.CTX_INIT = ""  # initialisation words, e.g. "a photo of a" (sets N_CTX)
     cfg.TRAINER.COOP.PREC = "fp16"  # fp16 | fp32 | amp
     cfg.TRAINER.COOP.CLASS_TOKEN_POSITION = "end"  # end | middle | front
+    add_feature_cache_config(cfg.TRAINER.COOP)
 
     add_mixprompt_config(cfg)
     add_cocoop_config(cfg)
@@ -87,8 +88,18 @@ def add_mixprompt_config(cfg):
     # alone would flag working sub-prompts; the original collapse showed top1_share ~0.99.
     m.COLLAPSE_FEATURE_COS = 0.98
     m.COLLAPSE_TOP1_SHARE = 0.9
-    m.PREC = "fp16"  # fp16 | fp32 | amp (learnable offsets stay fp32; CPU runs in fp32)
+    m.PREC = "fp16"  # fp16 | fp32 | amp | bf16 (learnable offsets stay fp32; CPU runs in fp32)
+    add_feature_cache_config(m)
     return cfg
+
+
+def add_feature_cache_config(node):
+    """Image-feature cache keys of a trainer whose image encoder is frozen (trainers/feature_cache.py,
+    docs/performance.md)."""
+    node.FEATURE_CACHE_VIEWS = 0  # N > 0: encode N augmented views per training image once, draw one per epoch
+    node.FEATURE_CACHE_EVAL = False  # encode test/val images (and MixPrompt's training images) once per run
+    node.FEATURE_CACHE_DIR = ""  # a folder: save the cached features there, keyed, and reuse them across runs
+    return node
 
 
 def add_cocoop_config(cfg):

@@ -2,6 +2,7 @@
 from engine import TRAINER_REGISTRY
 from engine.errors import ConfigError
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -15,8 +16,10 @@ class CoOpPromptLearner(nn.Module):
     def __init__(self, cfg, classnames, text_encoder, dtype):
         super().__init__()
         coop = cfg.TRAINER.COOP
+        # fp32 master copy whatever CLIP's precision (CoOp keeps it in CLIP's dtype, fp16 on a GPU, where
+        # small SGD updates vanish); assemble_prompts casts it to the token embeddings' dtype
         ctx, _ = init_context(text_encoder, coop.N_CTX, coop.CTX_INIT, len(classnames),
-                              coop.CSC and not coop.CTX_INIT, dtype, "TRAINER.COOP")
+                              coop.CSC and not coop.CTX_INIT, torch.float32, "TRAINER.COOP")
         self.ctx = nn.Parameter(ctx)  # (M, W) or (C, M, W)
         n_ctx = ctx.shape[-2]
         self.tokens = ClassPromptTokens(text_encoder, classnames, n_ctx, dtype)

@@ -1,4 +1,4 @@
-"""Frozen image features of a list of Datum under the test transform (no augmentation)."""
+"""Frozen image features of a list of Datum, under the test transform (default) or the training one."""
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -21,13 +21,16 @@ class _Images(Dataset):
 
 
 @torch.no_grad()
-def compute_image_features(model, items, cfg, device):
-    """(features (N, D) float32 on CPU, L2-normalised; labels (N,); indices (N,) = positions in ``items``)."""
-    transform = build_transform(cfg, is_train=False, verbose=False)  # already described in the log
+def compute_image_features(model, items, cfg, device, is_train=False, desc="image features"):
+    """(features (N, D) float32 on CPU, L2-normalised; labels (N,); indices (N,) = positions in ``items``).
+
+    ``is_train``: the training transform (random augmentation from the global RNG) instead of the test one.
+    """
+    transform = build_transform(cfg, is_train=is_train, verbose=False)  # already described in the log
     loader = DataLoader(_Images(items, transform), batch_size=cfg.DATALOADER.TEST.BATCH_SIZE, shuffle=False,
                         num_workers=cfg.DATALOADER.NUM_WORKERS)
     feats, labels, indices = [], [], []
-    for images, label, index in tqdm(loader, desc="image features"):
+    for images, label, index in tqdm(loader, desc=desc):
         feats.append(model.encode_image(images.to(device)).float().cpu())
         labels.append(label)
         indices.append(index)

@@ -288,9 +288,13 @@ class MixPrompt(CLIPTrainer):
         """Image features (N, D) of the training images under the test transform, their labels (N,) and
         dataset indices (N,); computed once (the image encoder is frozen) and cached."""
         if self._train_features is None:
-            print("Computing image features of the training images (test transform, once)")
-            self._train_features = compute_image_features(self.model, self.dm.dataset.train_x, self.cfg,
-                                                          self.device)
+            items = self.dm.dataset.train_x
+            if self.feature_cache is not None:
+                features, labels = self.feature_cache.eval_features(self.model, items, "training")
+                self._train_features = features, labels, torch.arange(len(items))
+            else:
+                print("Computing image features of the training images (test transform, once)")
+                self._train_features = compute_image_features(self.model, items, self.cfg, self.device)
         return self._train_features
 
     # -- schedule ---------------------------------------------------------------------------------
@@ -323,17 +327,14 @@ class MixPrompt(CLIPTrainer):
         table[indices.to(self.device)] = gamma
         return table
 
-    def parse_batch_train(self, batch):
-        return batch["img"].to(self.device), batch["label"].to(self.device)
-
     def compute_loss(self, batch):
         m = self.cfg.TRAINER.MIXPROMPT
-        image, label = self.parse_batch_train(batch)
+        image_features, label = self.batch_image_features(batch)
         tau = self.tau_at_step(self.epoch, self.batch_idx)
         # target: each image's position among the scored classes (its label unless CLASS_SAMPLE)
         sampled, target, correction = mm.sample_classes(label, self.num_classes, m.CLASS_SAMPLE)
         features = self.model.text_features(sampled)  # (S, K, D); S = C unless CLASS_SAMPLE
-        scores = self.model.scores(self.model.encode_image(image), features)  # (B, S, K)
+        scores = self.model.scores(image_features, features)  # (B, S, K)
         scores = scores + correction[None, :, None]  # sampled-softmax correction (zero for all classes)
         own = mm.own_class_scores(scores, target)  # (B, K)
         if m.BALANCE == "sinkhorn":
@@ -360,13 +361,16 @@ class MixPrompt(CLIPTrainer):
             terms["loss_bal"] = loss_bal.item()
         logits = mm.pool_scores(scores, m.POOL)
         terms["tau"] = tau
-        self._loss_terms = terms
+        self._loss_terms = terms  # reported by loss_terms()
         return loss, logits, target
 
-    def forward_backward(self, batch):
-        summary = super().forward_backward(batch)
-        summary.update(self._loss_terms)
-        return summary
+    def loss_terms(self):
+        return self._loss_terms
+
+    def divergence_causes(self):
+        m = self.cfg.TRAINER.MIXPROMPT
+        return [f"scores too sharp for the precision (TRAINER.MIXPROMPT.SIM_SCALE {m.SIM_SCALE} / TAU_END "
+                f"{m.TAU_END} = {m.SIM_SCALE / m.TAU_END:.4g}; lower SIM_SCALE or raise TAU_END)"]
 
     # -- diagnostics ------------------------------------------------------------------------------
     @torch.no_grad()

@@ -1,0 +1,139 @@
+"""Image-feature cache for trainers whose image encoder is frozen (CoOp, MixPrompt): encode once, reuse.
+
+Semantics (docs/performance.md):
+- training: ``views`` augmented views of every training image are encoded once, with the training
+  transform, from a seeded RNG; each epoch draws one view per image, uniformly at random. This is a finite
+  sample of augmentations, not fresh augmentation every epoch: with V views an image is seen in at most V
+  distinct crops over the whole run, so it is off by default (``FEATURE_CACHE_VIEWS 0``);
+- evaluation: the test (or val) features, with the test transform, are encoded once per evaluation set
+  and reused by every later evaluation of the run; they are exactly the features the uncached path
+  computes, so evaluation results do not change.
+
+With a cache folder, the tensors are saved there under a key of everything they depend on (backbone file
+or name, precision, input/transform config, the images and labels, views and seed), so another run with the
+same key (another K, another method on the same data, a resumed run) loads them instead of encoding.
+"""
+import hashlib
+import json
+import math
+import os
+
+import torch
+
+from .features import compute_image_features
+
+FORMAT_VERSION = 1
+KEY_CONFIG_NODES = ("INPUT",)  # transform configuration: size, interpolation, transforms, pixel mean/std
+
+
+def backbone_identity(name):
+    """A backbone name, or for a file its absolute path, size and modification time."""
+    path = os.path.expanduser(name)
+    if os.path.isfile(path):
+        stat = os.stat(path)
+        return {"file": os.path.abspath(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {"name": name}
+
+
+def cache_key(cfg, precision, items, purpose, views=1, seed=0):
+    """Hex digest naming the features of ``items`` for ``purpose`` ("train-views", "eval")."""
+    description = {
+        "version": FORMAT_VERSION,
+        "backbone": backbone_identity(cfg.MODEL.BACKBONE.NAME),
+        "precision": precision,
+        "config": {node: cfg[node].dump() for node in KEY_CONFIG_NODES},
+        "purpose": purpose,
+        "views": views,
+        "seed": seed,
+        "items": [[item.impath, item.label] for item in items],
+    }
+    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:32]
+
+
+class ImageFeatureCache:
+    """Encodes and keeps (optionally on disk, keyed) the image features a run needs."""
+
+    def __init__(self, cfg, device, precision, views, folder="", seed=0):
+        self.cfg = cfg
+        self.device = device
+        self.precision = precision
+        self.views = views
+        self.folder = os.path.expanduser(folder) if folder else ""
+        self.seed = seed
+        self._memory = {}
+
+    def train_views(self, model, items):
+        """(features (N, V, D), labels (N,)): V augmented views of every training image."""
+        def encode():
+            views = []
+            for view in range(self.views):
+                with torch.random.fork_rng(devices=[]):  # the run's own RNG stream is left untouched
+                    torch.manual_seed(self.seed * 1_000_003 + view)
+                    features, labels, _ = compute_image_features(
+                        model, items, self.cfg, self.device, is_train=True,
+                        desc=f"training view {view + 1}/{self.views}")
+                views.append(features)
+            return torch.stack(views, dim=1), labels  # (N, V, D)
+
+        return self._get(cache_key(self.cfg, self.precision, items, "train-views", self.views, self.seed),
+                         encode, f"{self.views} augmented views of {len(items)} training images")
+
+    def eval_features(self, model, items, what):
+        """(features (N, D), labels (N,)) of ``items`` under the test transform."""
+        def encode():
+            features, labels, _ = compute_image_features(model, items, self.cfg, self.device)
+            return features, labels
+
+        return self._get(cache_key(self.cfg, self.precision, items, "eval"), encode,
+                         f"{len(items)} {what} images (test transform)")
+
+    def _get(self, key, encode, what):
+        if key in self._memory:
+            return self._memory[key]
+        path = os.path.join(self.folder, f"{key}.pt") if self.folder else None
+        if path and os.path.isfile(path):
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            print(f"Image features of {what}: loaded from the cache {path}")
+            value = (saved["features"], saved["labels"])
+        else:
+            print(f"Image features of {what}: encoding once" + (f" (cache {path})" if path else ""))
+            value = encode()
+            if path:
+                save_atomically({"features": value[0], "labels": value[1]}, path)
+        self._memory[key] = value
+        return value
+
+
+def save_atomically(obj, path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class CachedFeatureLoader:
+    """Training batches of cached features, shaped like the image loader's: the same number of batches per
+    epoch (random order, ``drop_last`` when there are at least ``batch_size`` images), each image's view
+    drawn uniformly. Batches are dicts with ``features`` (B, D), ``label`` (B,) and ``index`` (B,)."""
+
+    def __init__(self, features, labels, batch_size):
+        self.features = features  # (N, V, D)
+        self.labels = labels  # (N,)
+        self.batch_size = batch_size
+        self.drop_last = len(labels) >= batch_size
+
+    def __len__(self):
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self):
+        n, n_views = self.features.shape[:2]
+        order = torch.randperm(n)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = order[start:start + self.batch_size]  # (B,)
+            view = torch.randint(n_views, (len(index),))  # (B,)
+            yield {"features": self.features[index, view], "label": self.labels[index], "index": index}
