@@ -1,0 +1,40 @@
+"""scripts/bench.py through its command line at toy shapes: every section runs and reports its figures.
+
+Timings are printed by the benchmark, never asserted here; only exactness and structure are."""
+import json
+import subprocess
+import sys
+
+from conftest import REPO_ROOT
+
+
+def test_bench_runs_every_section_and_reports_ratios(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "scripts/bench.py", "--classes", "6", "--K", "2", "--batch", "8", "--n-ctx", "4",
+         "--large-classes", "12", "--large-K", "2", "--chunk", "8", "--class-sample", "3", "--shots", "2",
+         "--cache-views", "2", "--reps", "1", "--warmup", "0", "--threads", "1", "--work-dir", str(tmp_path / "w"),
+         "--json", str(out)],
+        cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["text"]["trim_max_abs_diff"] <= 1e-5
+    assert results["text"]["tokens_trimmed"] < results["text"]["tokens_padded"] == 77
+    methods = [row["method"] for row in results["methods"]]
+    assert methods == ["ZeroshotCLIP", "CoOp", "CoCoOp", "MixPrompt feature K2", "MixPrompt token K2"]
+    assert all(row["eval_seconds"] > 0 for row in results["methods"])
+    assert all(row["step_seconds"] > 0 for row in results["methods"][1:])
+    large = {row["setting"]: row for row in results["large"]}
+    assert large["unchunked"]["prompts_per_step"] == 24 and large["class sample 3"]["prompts_per_step"] == 6
+    assert [row["batches"] for row in results["cache"]] == [1, 1]  # same epoch length with and without cache
+    assert set(results["ratios"]) >= {"trim_speedup", "eval_ratio_mixprompt_vs_zeroshot",
+                                      "step_ratio_mixprompt_feature_vs_coop", "memory_ratio_best_vs_unchunked",
+                                      "cache_epoch_speedup"}
+    for name in ("trim_speedup", "eval_ratio_mixprompt_vs_zeroshot", "cache_epoch_speedup"):
+        assert name in result.stdout  # the printed table names every ratio
+
+
+def test_bench_rejects_bad_shapes():
+    result = subprocess.run([sys.executable, "scripts/bench.py", "--classes", "0"], cwd=REPO_ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "--classes must be >= 1" in result.stderr
