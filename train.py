@@ -8,13 +8,22 @@
 Merge order (later wins): defaults + project keys, dataset YAML, trainer YAML, flags, trailing KEY VALUE
 opts. Differences from CoOp: ``--seed 0`` is honoured (CoOp silently ignores it), bad input stops with
 one paragraph naming the culprit (exit status 2), and the resolved config is saved as ``config.yaml``.
+
+Distributed data-parallel training on the built-in engine (docs/distributed.md):
+
+    torchrun --nproc_per_node 4 train.py ...same arguments...
+
+DATALOADER.TRAIN_X.BATCH_SIZE stays the global batch size; rank 0 logs, saves and evaluates.
 """
 import argparse
 import os
 import sys
 
-import torch
-import yaml
+if os.environ.get("RANK", "0") not in ("", "0"):  # torchrun ranks > 0 show no progress bars (read at tqdm import)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
 
 try:
     import engine
@@ -23,11 +32,16 @@ except Exception as exc:  # MIXPROMPT_ENGINE misconfigured: say so without a tra
         print(f"ERROR: {exc}", file=sys.stderr)
         sys.exit(2)
     raise
-from engine import UserError, build_trainer, collect_env_info, get_cfg_default, set_random_seed, setup_logger
-from engine.errors import ConfigError
+from engine import (UserError, build_trainer, collect_env_info, get_cfg_default, set_random_seed,  # noqa: E402
+                    setup_logger)
+from engine.distributed import (barrier, broadcast_from_main, check_distributed_support,  # noqa: E402
+                                describe_distributed, destroy_distributed, init_distributed_from_env,
+                                is_main_process, requested_world_size)
+from engine.errors import ConfigError  # noqa: E402
+from engine.utils import check_wandb_cfg, quiet_other_ranks  # noqa: E402
 
-import datasets  # noqa: F401  (registers datasets)
-import trainers  # noqa: F401  (registers trainers)
+import datasets  # noqa: F401,E402  (registers datasets)
+import trainers  # noqa: F401,E402  (registers trainers)
 
 
 def build_parser():
@@ -131,6 +145,8 @@ def print_header(args, cfg):
     print("************")
     print(cfg)
     print(f"Engine: {engine.ENGINE}")
+    if describe_distributed():  # torchrun runs only
+        print(describe_distributed())
 
 
 def save_resolved_config(cfg):
@@ -141,8 +157,36 @@ def save_resolved_config(cfg):
         f.write(cfg.dump())
 
 
+def start_distributed(cfg):
+    """Under torchrun (WORLD_SIZE > 1): join the process group before the trainer is built, silence the stdout
+    of ranks > 0, and give every rank the same seed (rank 0's random draw when no --seed is given, written
+    into the config). Returns the config; single-process runs get it back unchanged."""
+    world_size = requested_world_size()
+    if world_size <= 1:
+        return cfg
+    check_distributed_support(engine.ENGINE, world_size)
+    init_distributed_from_env(use_cuda=cfg.USE_CUDA)
+    quiet_other_ranks()
+    if cfg.SEED < 0:
+        drawn = torch.tensor(int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF)
+        cfg.defrost()
+        cfg.SEED = int(broadcast_from_main(drawn).item())
+        cfg.freeze()
+        print(f"Distributed run without --seed: every rank uses seed {cfg.SEED}, drawn by rank 0")
+    return cfg
+
+
+def evaluate_on_main(trainer):
+    """Rank 0 evaluates the whole test set; the other ranks wait (``trainer.test()`` in a single process)."""
+    if is_main_process():
+        trainer.test()
+    barrier()
+
+
 def main(args):
     cfg = setup_cfg(args)
+    check_wandb_cfg(cfg)
+    cfg = start_distributed(cfg)
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
@@ -150,21 +194,24 @@ def main(args):
     if torch.cuda.is_available() and cfg.USE_CUDA:
         torch.backends.cudnn.benchmark = True
     print_header(args, cfg)
-    save_resolved_config(cfg)
-    print("Collecting env info ...")
-    print(f"** System info **\n{collect_env_info()}\n")
+    if is_main_process():
+        save_resolved_config(cfg)
+        print("Collecting env info ...")
+        print(f"** System info **\n{collect_env_info()}\n")
     trainer = build_trainer(cfg)
     if args.eval_only:
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
-        trainer.test()
+        evaluate_on_main(trainer)
         return
     if not args.no_train:
         trainer.train()
 
 
 def report_user_error(exc):
-    """One paragraph on stderr (and in log.txt when the logger is up), no traceback."""
-    message = f"ERROR: {exc}"
+    """One paragraph on stderr (and in log.txt when the logger is up), no traceback. Under torchrun every
+    rank reports its own error; ranks > 0 say which they are."""
+    rank = os.environ.get("RANK", "0").strip()
+    message = f"ERROR: {exc}" if rank in ("", "0") else f"ERROR: [rank {rank}] {exc}"
     print(message, file=sys.stderr)
     log_file = getattr(sys.stdout, "file", None)
     if log_file is not None:
@@ -178,3 +225,5 @@ if __name__ == "__main__":
     except UserError as exc:
         report_user_error(exc)
         sys.exit(2)
+    finally:
+        destroy_distributed()

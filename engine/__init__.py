@@ -5,7 +5,12 @@
 names below from here and therefore register into whichever backend's registries are active.
 
 Whatever the backend, the project's own optimizers, LR schedulers (with warmup), checkpoint saving and
-loading are used, because Dassl's are broken on current torch (dassl-interface.md §6).
+loading are used, because Dassl's are broken on current torch (dassl-interface.md §6). The ``WANDB``
+config node and its W&B scalars exist on both backends.
+
+Distributed training (torchrun, ``engine.distributed``, docs/distributed.md) is built-in only: on Dassl,
+``train.py`` refuses WORLD_SIZE > 1 and says to set MIXPROMPT_ENGINE=builtin.
+
 Note: importing Dassl disables Python ``logging`` at WARNING and below process-wide (its §4.6).
 """
 import os
@@ -39,10 +44,13 @@ def _resolve_backend():
 ENGINE = _resolve_backend()
 
 from .checkpoint import CheckpointMixin, load_checkpoint, save_checkpoint  # noqa: E402,F401
+from .distributed import (GlobalBatchSampler, all_reduce_class_mean, all_reduce_sum, barrier,  # noqa: E402,F401
+                          check_distributed_support, destroy_distributed, get_rank, get_world_size,
+                          init_distributed_from_env, is_distributed, is_main_process)
 from .optim import build_lr_scheduler, build_optimizer  # noqa: E402,F401
 
 if ENGINE == "dassl":
-    from dassl.config import get_cfg_default  # noqa: F401
+    from dassl.config import get_cfg_default as _dassl_get_cfg_default
     from dassl.data import DataManager  # noqa: F401
     from dassl.data.datasets import DATASET_REGISTRY, DatasetBase, Datum  # noqa: F401
     from dassl.engine import TRAINER_REGISTRY  # noqa: F401
@@ -51,10 +59,36 @@ if ENGINE == "dassl":
     from dassl.metrics import compute_accuracy  # noqa: F401
     from dassl.utils import collect_env_info, set_random_seed, setup_logger  # noqa: F401
 
+    from .config import add_wandb_config as _add_wandb_config
     from .registry import check_availability as _check_availability
+    from .utils import start_wandb as _start_wandb
+
+    def get_cfg_default():
+        """Dassl's defaults plus the engine's WANDB node."""
+        return _add_wandb_config(_dassl_get_cfg_default())
 
     class TrainerX(CheckpointMixin, _DasslTrainerX):
-        """Dassl's TrainerX with the project's checkpoint saving, resuming and loading."""
+        """Dassl's TrainerX with the project's checkpoint saving, resuming and loading, and W&B scalars.
+        Single process only (train.py refuses WORLD_SIZE > 1 on Dassl)."""
+
+        def sync_gradients(self, names=None):
+            """Nothing to synchronise in a single process (the built-in engine's hook for torchrun runs)."""
+
+        def init_writer(self, log_dir):
+            super().init_writer(log_dir)
+            if getattr(self, "_wandb", None) is None:
+                self._wandb = _start_wandb(self.cfg)
+
+        def write_scalar(self, tag, scalar_value, global_step=None):
+            super().write_scalar(tag, scalar_value, global_step)
+            if getattr(self, "_wandb", None) is not None:
+                self._wandb.log_scalar(tag, scalar_value, global_step)
+
+        def close_writer(self):
+            super().close_writer()
+            if getattr(self, "_wandb", None) is not None:
+                self._wandb.finish()
+                self._wandb = None
 
     def build_trainer(cfg):
         """Dassl's ``build_trainer``, after checking TRAINER.NAME and DATASET.NAME like the built-in engine

@@ -1,8 +1,9 @@
 """Built-in config defaults: the keys and default values of Dassl's ``get_cfg_default`` that CoOp-style
 runs use (dassl-interface.md §1.2). Dassl's own method sub-nodes (TRAINER.MCD, ...) are not included.
 
-Everything here is plain data; the project-level additions (``DATASET.SUBSAMPLE_CLASSES`` and one
-``TRAINER.<NAME>`` node per trainer) are added by ``trainers.extend_cfg`` before any merge.
+Everything here is plain data, plus the engine's own ``WANDB`` node (``add_wandb_config``); the project-level
+additions (``DATASET.SUBSAMPLE_CLASSES`` and one ``TRAINER.<NAME>`` node per trainer) are added by
+``trainers.extend_cfg`` before any merge.
 """
 from yacs.config import CfgNode as CN
 
@@ -115,6 +116,23 @@ _C.TEST.FINAL_MODEL = "last_step"
 
 _C.TRAINER = CN()
 _C.TRAINER.NAME = ""
+
+
+def add_wandb_config(cfg):
+    """WANDB: optional Weights & Biases logging next to TensorBoard (not a Dassl key; added to Dassl's
+    defaults too by ``engine.get_cfg_default``). Off by default; see docs/distributed.md."""
+    w = cfg.WANDB = CN()
+    w.ENABLED = False  # True: every TensorBoard scalar also goes to W&B (rank 0 only)
+    w.PROJECT = "mixprompt"
+    w.ENTITY = ""  # "" = your default entity
+    w.NAME = ""  # "" = OUTPUT_DIR
+    w.GROUP = ""
+    w.TAGS = ()  # e.g. "['coop', 'cars']" on the command line
+    w.MODE = "online"  # online | offline (run kept under OUTPUT_DIR/wandb/, `wandb sync` later) | disabled
+    return cfg
+
+
+add_wandb_config(_C)
 
 
 def get_cfg_default():

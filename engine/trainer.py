@@ -3,6 +3,10 @@
 Same construction order, hooks, log lines, TensorBoard tags and checkpoint layout as Dassl's, plus two
 repairs: checkpoints also carry every RNG state, so a resumed run continues exactly where the
 interrupted one stopped; and ``load_model`` tolerates ``val_result=None`` (§6.3).
+
+Additions: distributed data-parallel training under torchrun (``engine.distributed``, docs/distributed.md:
+gradients averaged over ranks before every optimizer step, rank 0 alone logs, writes checkpoints and
+evaluates while the others wait), and optional Weights & Biases scalars next to TensorBoard (``WANDB.*``).
 """
 import datetime
 import os
@@ -15,9 +19,12 @@ from tqdm import tqdm
 
 from .checkpoint import CheckpointMixin
 from .data.manager import DataManager
+from .distributed import (all_reduce_gradients, all_reduce_max, average_over_ranks, barrier, broadcast_tensors_,
+                          is_distributed, is_main_process, process_device, ranks_disagree_on, seed_rank_stream)
+from .errors import UserError
 from .evaluation import build_evaluator
 from .registry import Registry, check_availability
-from .utils import AverageMeter, MetricMeter, mkdir_if_missing
+from .utils import AverageMeter, MetricMeter, mkdir_if_missing, start_wandb
 
 TRAINER_REGISTRY = Registry("TRAINER")
 
@@ -35,6 +42,8 @@ class TrainerBase(CheckpointMixin):
         self._optims = OrderedDict()
         self._scheds = OrderedDict()
         self._writer = None
+        self._wandb = None
+        self._synced_optims = set()
 
     def register_model(self, name="model", model=None, optim=None, sched=None):
         if self.__dict__.get("_models") is None:
@@ -44,6 +53,8 @@ class TrainerBase(CheckpointMixin):
         self._models[name] = model
         self._optims[name] = optim
         self._scheds[name] = sched
+        if optim is not None and is_distributed():
+            optim.register_step_pre_hook(self._require_synced_gradients)
 
     def get_model_names(self, names=None):
         names_real = list(self._models.keys())
@@ -73,20 +84,30 @@ class TrainerBase(CheckpointMixin):
             raise FloatingPointError("Loss is infinite or NaN!")
 
     def init_writer(self, log_dir):
+        """TensorBoard (and W&B when WANDB.ENABLED) on rank 0; other ranks write no scalars."""
+        if not is_main_process():
+            return
         if self.__dict__.get("_writer") is None:
             from torch.utils.tensorboard import SummaryWriter
 
             print(f"Initialize tensorboard (log_dir={log_dir})")
             self._writer = SummaryWriter(log_dir=log_dir)
+        if self._wandb is None and getattr(self, "cfg", None) is not None:
+            self._wandb = start_wandb(self.cfg)
 
     def close_writer(self):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
 
     def write_scalar(self, tag, scalar_value, global_step=None):
         if self._writer is not None:
             self._writer.add_scalar(tag, scalar_value, global_step)
+        if self._wandb is not None:
+            self._wandb.log_scalar(tag, scalar_value, global_step)
 
     def train(self, start_epoch, max_epoch):
         self.start_epoch = start_epoch
@@ -137,7 +158,37 @@ class TrainerBase(CheckpointMixin):
         self.detect_anomaly(loss)
         loss.backward()
 
+    def sync_gradients(self, names=None):
+        """Average the learnable parameters' gradients over ranks (sum / world size), so every rank steps
+        with the gradient of the global batch; a no-op in a single process. Call after backward and before
+        the optimizer step. With AMP call it before ``GradScaler.step`` (not after ``unscale_``): the
+        scaled gradients are reduced, so an inf or NaN on any rank reaches every rank, every rank's scaler
+        skips the step and lowers its scale alike."""
+        if not is_distributed():
+            return
+        names = self.get_model_names(names)
+        params = [p for name in names for p in self._models[name].parameters() if p.requires_grad]
+        all_reduce_gradients(params)
+        self._synced_optims.update(id(self._optims[name]) for name in names if self._optims[name] is not None)
+
+    def _require_synced_gradients(self, optimizer, args, kwargs):
+        """Optimizer step pre-hook (distributed runs): a step whose gradients were not averaged over ranks
+        would let the replicas drift apart, so it is an error."""
+        if id(optimizer) not in self._synced_optims:
+            raise RuntimeError("An optimizer stepped without sync_gradients() in a distributed run: a trainer that "
+                               "calls optimizer.step() or GradScaler.step() itself must call "
+                               "self.sync_gradients() between backward and the step (docs/distributed.md).")
+        self._synced_optims.discard(id(optimizer))
+
+    def learned_state(self):
+        """{"<model>.<key>": tensor} of what a checkpoint stores: every registered model's state-dict tensors
+        except ``checkpoint_ignored_keys`` (buffers rebuilt from the class names at construction)."""
+        ignored = set(getattr(self, "checkpoint_ignored_keys", ()))
+        return {f"{name}.{key}": value for name in self.get_model_names()
+                for key, value in self._models[name].state_dict().items() if key not in ignored}
+
     def model_update(self, names=None):
+        self.sync_gradients(names)
         for name in self.get_model_names(names):
             if self._optims[name] is not None:
                 self._optims[name].step()
@@ -152,8 +203,7 @@ class SimpleTrainer(TrainerBase):
     def __init__(self, cfg):
         super().__init__()
         self.check_cfg(cfg)
-        use_cuda = torch.cuda.is_available() and cfg.USE_CUDA
-        self.device = torch.device("cuda" if use_cuda else "cpu")
+        self.device = process_device(cfg.USE_CUDA)
         self.start_epoch = self.epoch = 0
         self.max_epoch = cfg.OPTIM.MAX_EPOCH
         self.output_dir = cfg.OUTPUT_DIR
@@ -186,10 +236,45 @@ class SimpleTrainer(TrainerBase):
     def before_train(self):
         directory = self.cfg.RESUME or self.output_dir
         self.start_epoch = self.resume_model_if_exist(directory)
-        writer_dir = os.path.join(self.output_dir, "tensorboard")
-        mkdir_if_missing(writer_dir)
-        self.init_writer(writer_dir)
+        self.share_learned_state()
+        if is_main_process():
+            writer_dir = os.path.join(self.output_dir, "tensorboard")
+            mkdir_if_missing(writer_dir)
+            self.init_writer(writer_dir)
         self.time_start = time.time()
+
+    def share_learned_state(self):
+        """Distributed runs: every rank must start from the same epoch (checkpoints are read from the output
+        folder, which all nodes must share) and continue from rank 0's learned state."""
+        if not is_distributed():
+            return
+        epochs = all_reduce_max(torch.tensor([self.start_epoch, -self.start_epoch]))
+        if epochs[0].item() != -epochs[1].item():
+            raise UserError(f"The ranks found different checkpoints to resume from (epochs {-epochs[1].item()} to "
+                            f"{epochs[0].item()}) in {self.cfg.RESUME or self.output_dir}: in a multi-node run the "
+                            "output folder must be on a filesystem every node shares.")
+        broadcast_tensors_(self.learned_state().values())
+        self.after_weights_loaded()
+
+    def check_replicas_in_sync(self):
+        """Distributed runs: after an epoch every rank must hold rank 0's learned state exactly."""
+        differ = ranks_disagree_on(self.learned_state())
+        if differ:
+            raise RuntimeError(f"After epoch {self.epoch + 1} the ranks hold different {differ}: something updated "
+                               "learned state on one rank only (gradients not synchronised, or a buffer updated "
+                               "from the rank's own batch without reducing it; docs/distributed.md).")
+
+    def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
+        """Checkpoints are written by rank 0 only (every rank holds the same learned state)."""
+        if is_main_process():
+            super().save_model(epoch, directory, is_best=is_best, val_result=val_result, model_name=model_name)
+
+    def test_on_main_process(self, split=None):
+        """Rank 0 evaluates the whole split while the other ranks wait at a barrier; the result on rank 0,
+        None elsewhere. In a single process, ``test(split)``."""
+        result = self.test(split) if is_main_process() else None
+        barrier()
+        return result
 
     def after_train(self):
         print("Finish training")
@@ -199,7 +284,7 @@ class SimpleTrainer(TrainerBase):
                 self.load_model(self.output_dir)
             else:
                 print("Deploy the last-epoch model")
-            self.test()
+            self.test_on_main_process()
         elapsed = str(datetime.timedelta(seconds=round(time.time() - self.time_start)))
         print(f"Elapsed: {elapsed}")
         self.close_writer()
@@ -208,14 +293,16 @@ class SimpleTrainer(TrainerBase):
         last_epoch = (self.epoch + 1) == self.max_epoch
         freq = self.cfg.TRAIN.CHECKPOINT_FREQ
         meet_checkpoint_freq = freq > 0 and (self.epoch + 1) % freq == 0
+        self.check_replicas_in_sync()
         if not self.cfg.TEST.NO_TEST and self.cfg.TEST.FINAL_MODEL == "best_val":
-            curr_result = self.test(split="val")
-            if curr_result > self.best_result:
+            curr_result = self.test_on_main_process(split="val")
+            if curr_result is not None and curr_result > self.best_result:
                 self.best_result = curr_result
                 self.save_model(self.epoch, self.output_dir, val_result=curr_result,
                                 model_name="model-best.pth.tar")
         if meet_checkpoint_freq or last_epoch:
             self.save_model(self.epoch, self.output_dir)
+        barrier()  # the other ranks go on once rank 0's checkpoints are on disk
 
     @torch.no_grad()
     def test(self, split=None):
@@ -260,9 +347,10 @@ class TrainerX(SimpleTrainer):
         self.num_batches = len(self.train_loader_x)
         end = time.time()
         print_freq = self.cfg.TRAIN.PRINT_FREQ
+        seed_rank_stream(self.cfg.SEED, self.epoch)  # distributed: ranks > 0 draw their own augmentations
         for self.batch_idx, batch in enumerate(self.train_loader_x):
             data_time.update(time.time() - end)
-            loss_summary = self.forward_backward(batch)
+            loss_summary = average_over_ranks(self.forward_backward(batch))  # global-batch figures
             batch_time.update(time.time() - end)
             losses.update(loss_summary)
             meet_freq = (self.batch_idx + 1) % print_freq == 0

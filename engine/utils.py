@@ -1,4 +1,5 @@
-"""Logging, seeding, meters and small file helpers (Dassl-compatible behaviour, our own code)."""
+"""Logging (rank 0 only in distributed runs; optional Weights & Biases scalars), seeding, meters and small
+file helpers (Dassl-compatible behaviour, our own code)."""
 import os
 import random
 import sys
@@ -7,6 +8,9 @@ from collections import defaultdict
 
 import numpy as np
 import torch
+
+from .distributed import is_main_process
+from .errors import ConfigError
 
 
 class _Tee:
@@ -32,12 +36,24 @@ class _Tee:
         self.file.close()
 
 
+def quiet_other_ranks():
+    """In a distributed run, ranks > 0 print nothing to stdout (rank 0 logs for all); stderr, where errors
+    and tracebacks go, stays. A no-op on rank 0 and in a single process."""
+    if is_main_process() or getattr(sys.stdout, "name", None) == os.devnull:
+        return
+    sys.stdout = open(os.devnull, "w")
+
+
 def setup_logger(output=None):
     """Tee stdout into ``<output>/log.txt`` (or ``output`` itself when it ends in .txt/.log).
 
     Like Dassl, an existing log file is not overwritten: the new one gets a ``-%Y-%m-%d-%H-%M-%S`` suffix.
-    Returns the path of the log file (None when ``output`` is None).
+    Returns the path of the log file (None when ``output`` is None, and on ranks > 0 of a distributed run,
+    whose stdout is silenced instead: only rank 0 writes log.txt).
     """
+    if not is_main_process():
+        quiet_other_ranks()
+        return None
     if output is None:
         return None
     if output.endswith(".txt") or output.endswith(".log"):
@@ -154,3 +170,106 @@ def compute_accuracy(output, target, topk=(1,)):
     _, pred = output.topk(maxk, 1, True, True)
     correct = pred.t().eq(target.view(1, -1).expand_as(pred.t()))
     return [correct[:k].reshape(-1).float().sum(0, keepdim=True).mul_(100.0 / batch_size) for k in topk]
+
+
+# ----------------------------------------------------------------------------------------- Weights & Biases
+WANDB_MODES = ("online", "offline", "disabled")
+WANDB_RUN_ID_FILE = "wandb_run_id"
+
+
+def check_wandb_cfg(cfg):
+    """Validate the ``WANDB`` node (every message names its key); when enabled, ``wandb`` must import.
+    Configs without the node (built outside ``get_cfg_default``) mean W&B off."""
+    w = cfg.get("WANDB")
+    if w is None:
+        return
+    if not isinstance(w.ENABLED, bool):
+        raise ConfigError(f"WANDB.ENABLED: must be True or False, got {w.ENABLED!r}")
+    if w.MODE not in WANDB_MODES:
+        raise ConfigError(f'WANDB.MODE: "{w.MODE}" is not one of {list(WANDB_MODES)} (offline writes the run under '
+                          "OUTPUT_DIR/wandb/ for a later `wandb sync`)")
+    for key in ("PROJECT", "ENTITY", "NAME", "GROUP"):
+        if not isinstance(w[key], str):
+            raise ConfigError(f"WANDB.{key}: must be a string, got {w[key]!r}")
+    if w.ENABLED and not w.PROJECT.strip():
+        raise ConfigError("WANDB.PROJECT: empty; name the W&B project the run is logged to")
+    if isinstance(w.TAGS, str) or not all(isinstance(t, str) and 0 < len(t) <= 64 for t in w.TAGS):
+        raise ConfigError(f"WANDB.TAGS: must be a list of non-empty strings of at most 64 characters, e.g. "
+                          f"\"['coop', 'cars']\", got {w.TAGS!r}")
+    if w.ENABLED:
+        import_wandb()
+
+
+def import_wandb():
+    try:
+        import wandb
+    except Exception as exc:  # ImportError, or wandb failing at import
+        raise ConfigError(f"WANDB.ENABLED is True but the wandb package cannot be imported ({type(exc).__name__}: "
+                          f"{exc}). Install it in this environment (pip install wandb), or set WANDB.ENABLED "
+                          "False.") from None
+    return wandb
+
+
+def _wandb_run_id(output_dir):
+    """The W&B run id of this run folder, created on first use, so a resumed run continues the same W&B run."""
+    path = os.path.join(output_dir, WANDB_RUN_ID_FILE)
+    if os.path.isfile(path):
+        with open(path) as f:
+            run_id = f.read().strip()
+        if run_id:
+            return run_id
+    import uuid
+
+    run_id = uuid.uuid4().hex[:16]
+    mkdir_if_missing(output_dir)
+    with open(path, "w") as f:
+        f.write(run_id + "\n")
+    return run_id
+
+
+def start_wandb(cfg):
+    """A :class:`WandbLogger` for this run when WANDB.ENABLED, on rank 0 only; None otherwise."""
+    w = cfg.get("WANDB")
+    if w is None or not w.ENABLED or not is_main_process():
+        return None
+    check_wandb_cfg(cfg)
+    wandb = import_wandb()
+    import yaml
+
+    try:
+        run = wandb.init(
+            project=w.PROJECT, entity=w.ENTITY or None, name=w.NAME or cfg.OUTPUT_DIR, group=w.GROUP or None,
+            tags=list(w.TAGS), mode=w.MODE, dir=cfg.OUTPUT_DIR, config=yaml.safe_load(cfg.dump()),
+            id=_wandb_run_id(cfg.OUTPUT_DIR), resume="allow",
+        )
+    except Exception as exc:  # not logged in, no network, bad entity or project
+        raise ConfigError(f"WANDB: wandb.init failed ({type(exc).__name__}: {exc}). Log in (wandb login) and check "
+                          f"WANDB.PROJECT / WANDB.ENTITY, or set WANDB.MODE offline (sync later with `wandb sync "
+                          f"{os.path.join(cfg.OUTPUT_DIR, 'wandb')}/offline-run-*`).") from None
+    print(f"Initialize Weights & Biases (project={w.PROJECT}, mode={w.MODE}, run id={run.id})")
+    return WandbLogger(run)
+
+
+class WandbLogger:
+    """TensorBoard-style scalars to a W&B run. TensorBoard's tags count steps on two scales (iterations for
+    ``train/*``, epochs for ``test/*``, ``val/*``, ``collapse/*``), while W&B's own step only increases, so
+    each tag prefix gets its own x-axis metric ``<prefix>/step`` (``define_metric``)."""
+
+    def __init__(self, run):
+        self.run = run
+        self._axes = set()
+
+    def log_scalar(self, tag, value, global_step=None):
+        prefix = tag.split("/", 1)[0] if "/" in tag else None
+        row = {tag: float(value)}
+        if prefix is not None and global_step is not None:
+            axis = f"{prefix}/step"
+            if axis not in self._axes:
+                self.run.define_metric(axis)
+                self.run.define_metric(f"{prefix}/*", step_metric=axis)
+                self._axes.add(axis)
+            row[axis] = global_step
+        self.run.log(row)
+
+    def finish(self):
+        self.run.finish()

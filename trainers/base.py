@@ -153,6 +153,7 @@ class CLIPTrainer(TrainerX):
         if self.scaler is not None:
             self.optim.zero_grad()
             self.scaler.scale(loss).backward()
+            self.sync_gradients()  # distributed: average the scaled gradients over ranks before the step
             self.scaler.step(self.optim)
             self.scaler.update()
         else:

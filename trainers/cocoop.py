@@ -178,6 +178,7 @@ class CoCoOp(CLIPTrainer):
             loss_total += loss.item()
             logits_parts.append(logits.detach())
         if self.scaler is not None:
+            self.sync_gradients()  # distributed: average the scaled gradients over ranks before the step
             self.scaler.step(self.optim)
             self.scaler.update()
         else:

@@ -15,10 +15,11 @@ same key (another K, another method on the same data, a resumed run) loads them 
 """
 import hashlib
 import json
-import math
 import os
 
 import torch
+
+from engine.distributed import GlobalBatchSampler, shared_random_seed
 
 from .features import compute_image_features
 
@@ -116,24 +117,24 @@ def save_atomically(obj, path):
 
 
 class CachedFeatureLoader:
-    """Training batches of cached features, shaped like the image loader's: the same number of batches per
-    epoch (random order, ``drop_last`` when there are at least ``batch_size`` images), each image's view
-    drawn uniformly. Batches are dicts with ``features`` (B, D), ``label`` (B,) and ``index`` (B,)."""
+    """Training batches of cached features, shaped like the image loader's: the same batches per epoch
+    (``GlobalBatchSampler``: the image loader's random order and ``drop_last`` rule, each rank its slice in a
+    distributed run), each image's view drawn uniformly once per epoch from a seed shared by all ranks.
+    Batches are dicts with ``features`` (B, D), ``label`` (B,) and ``index`` (B,)."""
 
     def __init__(self, features, labels, batch_size):
         self.features = features  # (N, V, D)
         self.labels = labels  # (N,)
-        self.batch_size = batch_size
-        self.drop_last = len(labels) >= batch_size
+        self.batch_sampler = GlobalBatchSampler(len(labels), batch_size, drop_last=len(labels) >= batch_size,
+                                                key="DATALOADER.TRAIN_X.BATCH_SIZE")
 
     def __len__(self):
-        n = len(self.labels)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return len(self.batch_sampler)
 
     def __iter__(self):
         n, n_views = self.features.shape[:2]
-        order = torch.randperm(n)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            index = order[start:start + self.batch_size]  # (B,)
-            view = torch.randint(n_views, (len(index),))  # (B,)
-            yield {"features": self.features[index, view], "label": self.labels[index], "index": index}
+        generator = torch.Generator().manual_seed(shared_random_seed())
+        view_of = torch.randint(n_views, (n,), generator=generator)  # (N,) this epoch's view of each image
+        for index in self.batch_sampler:
+            index = torch.tensor(index, dtype=torch.long)  # (B,)
+            yield {"features": self.features[index, view_of[index]], "label": self.labels[index], "index": index}

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine import TRAINER_REGISTRY
+from engine.distributed import all_reduce_class_mean, is_distributed, is_main_process
 from engine.errors import ConfigError
 
 from . import mixprompt_model as mm
@@ -354,8 +355,10 @@ class MixPrompt(CLIPTrainer):
             terms["loss_div"] = loss_div.item()
         if m.BALANCE == "marginal_entropy":
             running = self.model.prompt_learner.running_usage
-            loss_bal, batch_usage, classes = mm.usage_balance_loss(
-                mm.responsibilities(own, tau), label, running, m.BALANCE_MOMENTUM)
+            soft_gamma = mm.responsibilities(own, tau)  # (B, K)
+            loss_bal, batch_usage, classes = mm.usage_balance_loss(soft_gamma, label, running, m.BALANCE_MOMENTUM)
+            if is_distributed():  # the running estimate is global: class usage over every rank's images
+                batch_usage, classes = all_reduce_class_mean(soft_gamma.detach(), label, running.shape[0])
             loss = loss + m.BALANCE_WEIGHT * loss_bal
             running[classes] = m.BALANCE_MOMENTUM * running[classes] + (1 - m.BALANCE_MOMENTUM) * batch_usage
             terms["loss_bal"] = loss_bal.item()
@@ -398,7 +401,7 @@ class MixPrompt(CLIPTrainer):
     def before_train(self):
         super().before_train()
         path = os.path.join(self.output_dir, DIAGNOSTICS_FILE)
-        if os.path.exists(path):  # a resumed run keeps only the epochs it has not redone
+        if is_main_process() and os.path.exists(path):  # a resumed run keeps only the epochs it has not redone
             with open(path) as f:
                 kept = [line for line in f if line.strip() and json.loads(line)["epoch"] <= self.start_epoch]
             with open(path, "w") as f:
@@ -411,8 +414,9 @@ class MixPrompt(CLIPTrainer):
         print(f"epoch [{self.epoch + 1}/{self.max_epoch}] {format_diagnostics(diag)}")
         for key in ("offset_cos", "feature_cos", "eff_k", "top1_share", "dead", "collapsed_frac", "tau"):
             self.write_scalar(f"collapse/{key}", diag[key], self.epoch)
-        with open(os.path.join(self.output_dir, DIAGNOSTICS_FILE), "a") as f:
-            f.write(json.dumps(diag) + "\n")
+        if is_main_process():  # distributed: rank 0 writes the run folder
+            with open(os.path.join(self.output_dir, DIAGNOSTICS_FILE), "a") as f:
+                f.write(json.dumps(diag) + "\n")
         super().after_epoch()
 
     def test(self, split=None):

@@ -1,9 +1,16 @@
-"""DataManager and DatasetWrapper (dassl-interface.md §3.1-3.4), built-in engine."""
+"""DataManager and DatasetWrapper (dassl-interface.md §3.1-3.4), built-in engine.
+
+In a distributed run (``engine.distributed``) the training loader yields each rank its slice of the
+single-process loader's batches (``GlobalBatchSampler``): DATALOADER.TRAIN_X.BATCH_SIZE stays the global
+batch size and the number of batches per epoch is unchanged. Val and test loaders are not split: rank 0
+evaluates the whole split.
+"""
 import torch
 from PIL import Image
 from tabulate import tabulate
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from ..distributed import GlobalBatchSampler, is_distributed
 from ..errors import ConfigError, DataError
 from .datasets import DATASET_REGISTRY
 from .transforms import build_transform
@@ -52,13 +59,18 @@ class DatasetWrapper(Dataset):
 def build_data_loader(cfg, sampler_type, data_source, batch_size, tfm, is_train):
     if sampler_type not in SAMPLERS:
         raise ConfigError(f'DATALOADER sampler: "{sampler_type}" is not supported; choose from {list(SAMPLERS)}')
-    sampler = RandomSampler(data_source) if sampler_type == "RandomSampler" else SequentialSampler(data_source)
-    loader = DataLoader(
-        DatasetWrapper(cfg, data_source, transform=tfm, is_train=is_train),
-        batch_size=batch_size, sampler=sampler, num_workers=cfg.DATALOADER.NUM_WORKERS,
-        drop_last=is_train and len(data_source) >= batch_size,
-        pin_memory=torch.cuda.is_available() and cfg.USE_CUDA,
-    )
+    dataset = DatasetWrapper(cfg, data_source, transform=tfm, is_train=is_train)
+    drop_last = is_train and len(data_source) >= batch_size
+    pin_memory = torch.cuda.is_available() and cfg.USE_CUDA
+    if is_train and is_distributed():
+        batch_sampler = GlobalBatchSampler(len(data_source), batch_size, drop_last,
+                                           shuffle=sampler_type == "RandomSampler", key="DATALOADER.TRAIN_X.BATCH_SIZE")
+        loader = DataLoader(dataset, batch_sampler=batch_sampler, num_workers=cfg.DATALOADER.NUM_WORKERS,
+                            pin_memory=pin_memory)
+    else:
+        sampler = RandomSampler(data_source) if sampler_type == "RandomSampler" else SequentialSampler(data_source)
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=cfg.DATALOADER.NUM_WORKERS,
+                            drop_last=drop_last, pin_memory=pin_memory)
     if len(loader) == 0:
         raise DataError("A data split is empty: nothing to load")
     return loader
