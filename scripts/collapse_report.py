@@ -24,14 +24,12 @@ config.yaml and last checkpoint (this needs the dataset and CLIP weights at the 
 relative paths being taken from the current folder); when neither works the heatmap is skipped with a note.
 """
 import argparse
-import contextlib
 import io
 import json
 import math
 import os
 import signal
 import sys
-import tempfile
 from pathlib import Path
 
 SCRIPTS = Path(__file__).resolve().parent
@@ -160,52 +158,26 @@ def render(runs, fmt_name):
 
 
 # ------------------------------------------------------------------------------------------ sub-prompt features
-def checkpoint_epoch(run_dir):
-    path = os.path.join(run_dir, "prompt_learner", "checkpoint")
-    if not os.path.isfile(path):
-        return None
-    name = open(path).readline().strip()
-    if name.startswith("model.pth.tar-"):
-        return int(name.rsplit("-", 1)[1])
-    return None
-
-
 def rebuild_subprompt_cos(run_dir):
-    """(cos (C, K, K) as nested lists, class names, epoch) by rebuilding the model from config.yaml and
-    loading its last checkpoint. Raises with a readable message when that is impossible."""
-    config_path = next((os.path.join(run_dir, n) for n in ("config-latest.yaml", "config.yaml")
-                        if os.path.isfile(os.path.join(run_dir, n))), None)
-    if config_path is None:
-        raise RuntimeError("no config.yaml in the run folder")
-    epoch = checkpoint_epoch(run_dir)
-    if epoch is None:
-        raise RuntimeError("no prompt_learner/checkpoint file (no saved epoch)")
+    """(cos (C, K, K) as nested lists, class names, epoch) by rebuilding the model from the run's config and
+    loading its last checkpoint (``trainers/run_folder.py``). Raises with a readable message when that is
+    impossible."""
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
     import torch
 
-    with contextlib.redirect_stdout(io.StringIO()) as console, tempfile.TemporaryDirectory() as tmp:
-        try:
-            import train  # the repository's train.py: its config assembly (all extend_cfg steps) and registrations
-            from engine import build_trainer
+    from trainers.run_folder import load_trained
 
-            # the resolved config as the config file; the checkpoint replaces the offsets, so INIT random
-            # skips the k-means initialisation's pass over the training images
-            args = train.build_parser().parse_args([
-                "--config-file", config_path, "--output-dir", tmp,
-                "DATALOADER.NUM_WORKERS", "0", "TRAINER.MIXPROMPT.INIT", "random"])
-            cfg = train.setup_cfg(args)
-            trainer = build_trainer(cfg)
-            trainer.load_model(run_dir, epoch=epoch)
-            with torch.no_grad():
-                trainer.set_model_mode("eval")
-                features = trainer.model.text_features().float()  # (C, K, D), L2-normalised
-                cos = features @ features.transpose(1, 2)
-            classnames = list(trainer.dm.dataset.classnames)
-        except BaseException as exc:  # noqa: B902 - also SystemExit from a user error
-            lines = [ln for ln in console.getvalue().splitlines() if ln.startswith("ERROR")]
-            raise RuntimeError(f"{type(exc).__name__}: {exc}" + (f" ({lines[-1]})" if lines else "")) from None
-    return cos.tolist(), classnames, epoch
+    console = io.StringIO()
+    try:
+        trainer = load_trained(run_dir, log=console)
+        with torch.no_grad():
+            features = trainer.model.text_features().float()  # (C, K, D), L2-normalised
+            cos = features @ features.transpose(1, 2)  # (C, K, K)
+    except BaseException as exc:  # noqa: B902 - also SystemExit from a user error
+        lines = [ln for ln in console.getvalue().splitlines() if ln.startswith("ERROR")]
+        raise RuntimeError(f"{type(exc).__name__}: {exc}" + (f" ({lines[-1]})" if lines else "")) from None
+    return cos.tolist(), list(trainer.dm.dataset.classnames), trainer.loaded_epoch
 
 
 def subprompt_cos(run):

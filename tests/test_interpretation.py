@@ -1,0 +1,234 @@
+"""What did each sub-prompt learn: scripts/subprompt_gallery.py and scripts/interpret_prompt.py through their
+command lines, on MixPrompt runs trained with train.py (generated SyntheticModes data, tiny CLIP) and on a
+CoOp run folder whose class-specific context is made of known words; the run-folder loader they share
+(trainers/run_folder.py) through collapse_report.py's heatmap rebuild; the one-line errors a user gets
+for a missing checkpoint, an unknown class, moved data and a feature-space MixPrompt run."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT, _load_script
+
+SYNTHETIC = ["DATASET.SYNTHETIC.NUM_CLASSES", "3", "DATASET.SYNTHETIC.NUM_MODES", "2",
+             "DATASET.SYNTHETIC.IMAGES_PER_MODE", "4", "DATASET.SYNTHETIC.TEST_PER_MODE", "1"]
+
+
+def run_script(name, *args):
+    return subprocess.run([sys.executable, f"scripts/{name}", *map(str, args)], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=300, env=script_env())
+
+
+def script_env():
+    return dict(os.environ, MIXPROMPT_ENGINE="builtin", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+
+
+def ok(proc):
+    assert proc.returncode == 0, f"failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def user_error(proc):
+    """Exit status 2 and one ERROR line on stderr, no traceback; returns that line."""
+    assert proc.returncode == 2, f"{proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR: ")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+def run_main(capsys, name, *args):
+    """A script's ``main(argv)`` in this process (same command line, no interpreter start-up):
+    (exit status, stdout, stderr)."""
+    capsys.readouterr()  # what the test itself printed before
+    status = _load_script(name).main(list(map(str, args)))
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+def error_line(status, stdout, stderr):
+    assert status == 2 and not stdout and stderr.startswith("ERROR: ") and stderr.count("\n") == 1, stderr
+    return stderr.strip()
+
+
+def train(out, data, weights, epochs, opts=()):
+    argv = ["train.py", "--root", data, "--trainer", "MixPrompt", "--seed", "1",
+            "--dataset-config-file", REPO_ROOT / "configs/datasets/synthetic_modes.yaml",
+            "--config-file", REPO_ROOT / "configs/trainers/MixPrompt/vit_b16.yaml", "--output-dir", out,
+            "MODEL.BACKBONE.NAME", weights, "OPTIM.MAX_EPOCH", str(epochs), "DATALOADER.NUM_WORKERS", "0",
+            "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "TRAIN.PRINT_FREQ", "100", "TRAINER.MIXPROMPT.K", "2",
+            *SYNTHETIC, *opts]
+    ok(subprocess.run([sys.executable, *map(str, argv)], cwd=REPO_ROOT, capture_output=True, text=True,
+                      timeout=300, env=script_env()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_clip):
+    base = tmp_path_factory.mktemp("interpretation")
+    data = base / "data"
+    feature = train(base / "feature", data, tiny_clip, epochs=3)  # the fixed defaults: feature space
+    token = train(base / "token", data, tiny_clip, epochs=1,
+                  opts=["TRAINER.MIXPROMPT.OFFSET_SPACE", "token", "TRAINER.MIXPROMPT.INIT", "random"])
+    return {"base": base, "data": data, "feature": feature, "token": token}
+
+
+# ------------------------------------------------------------------------------------------ gallery
+def test_gallery_groups_each_image_under_the_subprompt_training_assigned_it(runs):
+    run, out = runs["feature"], runs["base"] / "gallery"
+    proc = ok(run_script("subprompt_gallery.py", run, "--out", out, "--top", "3"))
+    gallery = json.loads((out / "gallery.json").read_text())
+    summary = json.loads((run / "diagnostics_summary.json").read_text())
+    # the trainer's own end-of-training assignment of every training image (arg-max responsibility)
+    trained = {p: (label, k) for p, label, k in zip(*(summary["assignments"][key]
+                                                      for key in ("impath", "label", "subprompt")))}
+    assert gallery["epoch"] == 3 and gallery["split"] == "train"
+    assert [c["label"] for c in gallery["classes"]] == [0, 1, 2]  # 3 classes: all shown by default
+    index = json.loads(next((runs["data"] / "synthetic_modes").glob("*/index.json")).read_text())
+    true_mode = {rel.split("/")[-1]: mode for rel, _, mode in index["train"]}
+    for c in gallery["classes"]:
+        usage = summary["per_class"]["usage_hard"][c["label"]]
+        assert c["usage"] == pytest.approx(usage)
+        assert c["n_images"] == 8 and c["eff_k"] == pytest.approx(summary["per_class"]["eff_k"][c["label"]], abs=1e-4)
+        for row in c["subprompts"]:
+            assert [trained[im["impath"]] for im in row["images"]] == [(c["label"], row["subprompt"])] * row["count"]
+            cosines = [im["cos"] for im in row["images"]]
+            assert cosines == sorted(cosines, reverse=True)  # best-scoring first
+            assert all(im["mode"] == true_mode[im["impath"].split("/")[-1]] for im in row["images"])
+        assert flat(c["subprompt_cos"]) == pytest.approx(flat(summary["per_class"]["subprompt_cos"][c["label"]]),
+                                                         abs=1e-3)
+        assert (out / c["png"]).is_file() and f'src="{c["png"]}"' in (out / "index.html").read_text()
+        check_png(out / c["png"])
+    assert "shape 0" in proc.stdout and "index.html" in proc.stdout
+
+
+def flat(matrix):
+    return [value for row in matrix for value in row]
+
+
+def check_png(path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > 400 and image.size[1] > 150
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+        assert colours is None or len(colours) > 50, f"{path} looks blank"
+
+
+def copy_run(run, dest, old_root=None, new_root=None):
+    shutil.copytree(run, dest)
+    if old_root is not None:
+        config = dest / "config.yaml"
+        config.write_text(config.read_text().replace(str(old_root), str(new_root)))
+    return dest
+
+
+def test_gallery_of_a_moved_run_chooses_classes_by_name_and_collapse(runs):
+    """The data moved: a one-line error naming the missing path and --root; with --root, the chosen classes."""
+    base, run = runs["base"], runs["feature"]
+    moved = copy_run(run, base / "moved", runs["data"], base / "gone")
+    line = user_error(run_script("subprompt_gallery.py", moved, "--out", base / "g1"))
+    assert str(base / "gone") in line and "pass --root" in line
+
+    per_class = json.loads((run / "diagnostics_summary.json").read_text())["per_class"]
+    most = min(per_class["labels"], key=lambda c: (per_class["eff_k"][c], -per_class["feature_cos"][c], c))
+    out = base / "chosen"
+    ok(run_script("subprompt_gallery.py", moved, "--root", runs["data"], "--out", out, "--classes", "shape 2",
+                  "--most-collapsed", "1", "--split", "test"))
+    gallery = json.loads((out / "gallery.json").read_text())
+    assert [c["label"] for c in gallery["classes"]] == list(dict.fromkeys([2, most]))
+    assert gallery["split"] == "test" and all(c["n_images"] == 2 for c in gallery["classes"])  # 2 modes x 1
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(c["png"] for c in gallery["classes"])
+
+
+def test_gallery_errors_are_one_line_and_name_the_fix(runs, capsys):
+    run, out = runs["feature"], runs["base"] / "errors"
+    line = error_line(*run_main(capsys, "subprompt_gallery", run, "--out", out, "--classes", "shape 9"))
+    assert '"shape 9" not found' in line and "'shape 0'" in line and "--class-index" in line
+    line = error_line(*run_main(capsys, "subprompt_gallery", run, "--out", out, "--class-index", "7"))
+    assert "out of range" in line and "3 classes" in line
+    line = error_line(*run_main(capsys, "subprompt_gallery", run, "--load-epoch", "7", "--out", out))
+    assert "model.pth.tar-7" in line and "saved epochs: 3" in line
+    line = error_line(*run_main(capsys, "subprompt_gallery", runs["base"] / "nowhere"))
+    assert "is not a folder" in line
+    assert not out.exists()
+
+
+def test_missing_checkpoint_is_a_one_line_error(runs, capsys):
+    bare = copy_run(runs["token"], runs["base"] / "no_checkpoint")
+    shutil.rmtree(bare / "prompt_learner")
+    line = user_error(run_script("interpret_prompt.py", bare))
+    assert "no checkpoint" in line and "prompt_learner" in line
+    line = error_line(*run_main(capsys, "subprompt_gallery", bare))
+    assert "no checkpoint" in line and "prompt_learner" in line
+
+
+def test_collapse_report_rebuilds_heatmaps_through_the_run_folder(runs):
+    report = _load_script("collapse_report")
+    run_dir = runs["feature"]
+    run = report.load_diagnostic_run(str(run_dir), str(runs["base"]))
+    saved = run["summary"]["per_class"].pop("subprompt_cos")  # as for a run written before they were saved
+    matrices, names, source = report.subprompt_cos(run)
+    assert source == "rebuilt from the checkpoint of epoch 3"
+    assert names == ["shape 0", "shape 1", "shape 2"]
+    for label, matrix in enumerate(saved):
+        assert flat(matrices[label]) == pytest.approx(flat(matrix), abs=1e-3)
+    run["dir"] = str(runs["base"] / "nowhere")
+    matrices, _, source = report.subprompt_cos(run)
+    assert matrices is None and "not a folder" in source
+
+
+# ------------------------------------------------------------------------------------------ nearest tokens
+def test_interpret_reads_mixprompt_token_context_and_subprompts(runs, capsys):
+    proc = ok(run_script("interpret_prompt.py", runs["token"], "--json", "--topk", "3", "--class-index", "1", "2"))
+    result = json.loads(proc.stdout)
+    ctx, *subprompts = result["prompts"]
+    # CTX_INIT "a photo of a", one epoch at lr 0.002: still next to its words
+    assert ctx["reads_as"] == "a photo of a" and [p["position"] for p in ctx["positions"]] == [1, 2, 3, 4]
+    assert ctx["positions"][1]["nearest"][0]["token"] == "photo</w>"
+    assert all(len(p["nearest"]) == 3 for p in ctx["positions"])
+    assert ctx["positions"][0]["nearest"][0]["euclidean"] < 0.05 < ctx["positions"][0]["nearest"][1]["euclidean"]
+    assert [(p["class"], p["subprompt"]) for p in subprompts] == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    assert all(p["classname"] == f"shape {p['class']}" and p["offset_norm"] > 0 for p in subprompts)
+    status, table, _ = run_main(capsys, "interpret_prompt", runs["token"])
+    assert status == 0
+    assert "reads as: 'a photo of a'" in table and "'shape 0' (class 0), sub-prompt 2" in table
+    assert "'shape 1'" not in table  # default: the first class only
+
+
+def test_interpret_decodes_known_words_of_a_class_specific_coop_context(runs, tiny_clip, capsys):
+    from yacs.config import CfgNode
+
+    from trainers.clip import TextEncoder, load_clip
+    from trainers.clip.text import _bpe
+
+    run = runs["base"] / "coop_csc"
+    (run / "prompt_learner").mkdir(parents=True)
+    cfg = CfgNode.load_cfg((runs["feature"] / "config.yaml").read_text())
+    cfg.TRAINER.NAME, cfg.TRAINER.COOP.CSC = "CoOp", True
+    (run / "config.yaml").write_text(cfg.dump())
+    bpe = _bpe()
+    words = ["red car", "blue sky", "green tree"]  # the context of class 0, 1, 2
+    ids = torch.tensor([bpe.encode(w) for w in words])  # (C, M)
+    embedding = TextEncoder(load_clip(tiny_clip).model).token_embedding.weight.detach()  # (V, W)
+    torch.save({"state_dict": {"ctx": embedding[ids] + 1e-4}, "epoch": 2}, run / "prompt_learner" / "model.pth.tar-2")
+    (run / "prompt_learner" / "checkpoint").write_text("model.pth.tar-2\n")
+
+    result = json.loads(ok(run_script("interpret_prompt.py", run, "--json", "--classes", "Shape 2", "--metric",
+                                      "cosine")).stdout)
+    (prompt,) = result["prompts"]
+    assert prompt["class"] == 2 and prompt["classname"] == "shape 2" and prompt["reads_as"] == "green tree"
+    assert [p["nearest"][0]["token"] for p in prompt["positions"]] == ["green</w>", "tree</w>"]
+    assert prompt["positions"][0]["nearest"][0]["cosine"] == pytest.approx(1.0, abs=1e-3)
+    assert result["trainer"] == "CoOp" and result["epoch"] == 2 and result["metric"] == "cosine"
+    line = error_line(*run_main(capsys, "interpret_prompt", run, "--classes", "truck"))
+    assert '"truck" not found' in line and "'shape 1'" in line
+
+
+def test_interpret_refuses_feature_space_mixprompt(runs):
+    line = user_error(run_script("interpret_prompt.py", runs["feature"]))
+    assert "feature space" in line and "no context vectors" in line and "subprompt_gallery.py" in line
