@@ -5,6 +5,7 @@ Layout per registered model: ``<dir>/<name>/model.pth.tar-<epoch>``, ``model-bes
 and renamed into place, so a kill never leaves a half-written checkpoint behind.
 """
 import os
+import re
 import tempfile
 from collections import OrderedDict
 
@@ -12,6 +13,8 @@ import torch
 
 from .errors import UserError
 from .utils import get_rng_state, set_rng_state
+
+EPOCH_FILE = re.compile(r"^model\.pth\.tar-(\d+)$")  # Dassl's per-epoch checkpoint name
 
 
 def _atomic_write(path, write_fn):
@@ -84,13 +87,17 @@ def load_checkpoint(fpath, map_location="cpu"):
 
 
 def latest_checkpoint(model_dir):
-    """Path named by ``model_dir/checkpoint``, or None if there is no such pointer file."""
+    """Path named by ``model_dir/checkpoint``; without that pointer file (a run killed after writing its
+    first checkpoint but before the pointer), the highest-numbered ``model.pth.tar-N`` there (every file is
+    written atomically, so it is complete); None when there is neither."""
     pointer = os.path.join(model_dir, "checkpoint")
-    if not os.path.isfile(pointer):
-        return None
-    with open(pointer) as f:
-        name = f.readline().strip()
-    return os.path.join(model_dir, name) if name else None
+    if os.path.isfile(pointer):
+        with open(pointer) as f:
+            name = f.readline().strip()
+        if name:
+            return os.path.join(model_dir, name)
+    numbered = [(int(m.group(1)), name) for name in os.listdir(model_dir) if (m := EPOCH_FILE.match(name))]
+    return os.path.join(model_dir, max(numbered)[1]) if numbered else None
 
 
 class CheckpointMixin:
@@ -122,14 +129,17 @@ class CheckpointMixin:
         if not names or not all(os.path.isdir(os.path.join(directory, n)) for n in names):
             print("No checkpoint found, train from scratch")
             return 0
+        latest = {name: latest_checkpoint(os.path.join(directory, name)) for name in names}
+        if all(fpath is None for fpath in latest.values()):  # folders made, killed before the first save
+            print("No checkpoint found, train from scratch")
+            return 0
         print(f"Found checkpoint at {directory} (will resume training)")
         start_epoch = 0
         rng_state = None
-        for name in names:
-            fpath = latest_checkpoint(os.path.join(directory, name))
+        for name, fpath in latest.items():
             if fpath is None:
-                raise UserError(f'Cannot resume: "{os.path.join(directory, name, "checkpoint")}" is missing, so '
-                                "the latest checkpoint is unknown. Delete the folder to train from scratch.")
+                raise UserError(f'Cannot resume: "{os.path.join(directory, name)}" holds no checkpoint while the other '
+                                "models' folders do. Delete the folder to train from scratch.")
             print(f'Loading checkpoint from "{fpath}"')
             ckpt = load_checkpoint(fpath)
             self._load_learned_state(name, ckpt["state_dict"], fpath)

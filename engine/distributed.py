@@ -141,32 +141,33 @@ def barrier():
         dist.barrier()
 
 
+def _collective(tensor, op):
+    """``op(buffer)`` on a copy of ``tensor`` on the communication device; the result on its device."""
+    buf = tensor.detach().to(_comm_device(), copy=True)
+    op(buf)
+    return buf.to(tensor.device)
+
+
 def all_reduce_sum(tensor):
     """The element-wise sum of ``tensor`` over ranks, as a new tensor on its device (the tensor itself in a
     single process)."""
     if not is_distributed():
         return tensor
-    buf = tensor.detach().to(_comm_device(), copy=True)
-    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
-    return buf.to(tensor.device)
+    return _collective(tensor, lambda buf: dist.all_reduce(buf, op=dist.ReduceOp.SUM))
 
 
 def all_reduce_max(tensor):
     """The element-wise maximum over ranks (the tensor itself in a single process)."""
     if not is_distributed():
         return tensor
-    buf = tensor.detach().to(_comm_device(), copy=True)
-    dist.all_reduce(buf, op=dist.ReduceOp.MAX)
-    return buf.to(tensor.device)
+    return _collective(tensor, lambda buf: dist.all_reduce(buf, op=dist.ReduceOp.MAX))
 
 
 def broadcast_from_main(tensor):
     """Rank 0's values of ``tensor``, as a new tensor on its device (the tensor itself in a single process)."""
     if not is_distributed():
         return tensor
-    buf = tensor.detach().to(_comm_device(), copy=True)
-    dist.broadcast(buf, src=0)
-    return buf.to(tensor.device)
+    return _collective(tensor, lambda buf: dist.broadcast(buf, src=0))
 
 
 def broadcast_tensors_(tensors):

@@ -170,6 +170,22 @@ def test_checkpoints_are_atomic_and_keep_dassl_layout(tmp_path):
     assert sorted(os.listdir(folder)) == ["checkpoint", "model.pth.tar-3"]
 
 
+def test_a_run_killed_before_its_checkpoint_pointer_still_resumes(tmp_path):
+    """Killed between writing model.pth.tar-N and the ``checkpoint`` pointer: resume from the newest file
+    (it was written atomically); a model folder with no checkpoint yet means train from scratch."""
+    from engine.checkpoint import latest_checkpoint
+
+    folder = tmp_path / "prompt_learner"
+    folder.mkdir()
+    assert latest_checkpoint(str(folder)) is None
+    for epoch in (2, 10):
+        atomic_torch_save({"epoch": epoch}, str(folder / f"model.pth.tar-{epoch}"))
+    (folder / "model-best.pth.tar").write_bytes(b"")
+    assert latest_checkpoint(str(folder)) == str(folder / "model.pth.tar-10")
+    (folder / "checkpoint").write_text("model.pth.tar-2\n")
+    assert latest_checkpoint(str(folder)) == str(folder / "model.pth.tar-2")  # the pointer wins when present
+
+
 def test_classification_evaluator_prints_coop_lines_and_per_class_results(capsys):
     from engine.evaluation import Classification
 

@@ -79,6 +79,13 @@ def test_interrupted_then_resumed_run_ends_like_an_uninterrupted_one(tiny_clip, 
     assert torch.equal(a["ctx"], b["ctx"])
 
 
+def test_a_run_killed_before_its_first_checkpoint_trains_from_scratch(tiny_clip, cars_root, tmp_path):
+    out = tmp_path / "killed"
+    (out / "prompt_learner").mkdir(parents=True)  # the model folder exists, no checkpoint was written yet
+    proc = run_train(train_args("CoOp", cars_root, str(out), tiny_clip, opts=["OPTIM.MAX_EPOCH", "1"]))
+    assert "No checkpoint found, train from scratch" in proc.stdout and "Finish training" in proc.stdout
+
+
 def test_zeroshot_clip_eval_only_and_train(tiny_clip, cars_root, tmp_path):
     proc = run_train(train_args("ZeroshotCLIP", cars_root, str(tmp_path / "zs"), tiny_clip, extra=["--eval-only"]))
     assert "Prompts: ['a photo of a 2000 AM General Hummer SUV.'" in proc.stdout
