@@ -75,11 +75,15 @@ def test_feature_cache_folder_is_reused_and_keyed(build_trainer_for, tmp_path, c
     assert len(os.listdir(folder)) == 4
 
 
-def test_negative_views_are_refused_naming_the_key(build_trainer_for):
+@pytest.mark.parametrize("opts, key", [
+    (["TRAINER.COOP.FEATURE_CACHE_VIEWS", "-1"], r"TRAINER\.COOP\.FEATURE_CACHE_VIEWS"),
+    (["TRAINER.COOP.FEATURE_CACHE_DIR", "/tmp/features"], r"TRAINER\.COOP\.FEATURE_CACHE_DIR is set but nothing"),
+])
+def test_bad_cache_settings_are_refused_naming_the_key(build_trainer_for, opts, key):
     from engine.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"TRAINER\.COOP\.FEATURE_CACHE_VIEWS"):
-        build_trainer_for("CoOp", config=COOP, opts=["TRAINER.COOP.FEATURE_CACHE_VIEWS", "-1"])
+    with pytest.raises(ConfigError, match=key):
+        build_trainer_for("CoOp", config=COOP, opts=opts)
 
 
 def _train(args):

@@ -97,6 +97,9 @@ class CLIPTrainer(TrainerX):
         if views < 0:
             raise ConfigError(f"{key}.FEATURE_CACHE_VIEWS: must be >= 0 (0 = no training-view cache), got {views}")
         if views == 0 and not node.get("FEATURE_CACHE_EVAL", False):
+            if node.get("FEATURE_CACHE_DIR", ""):
+                raise ConfigError(f"{key}.FEATURE_CACHE_DIR is set but nothing is cached: set {key}.FEATURE_CACHE_VIEWS "
+                                  f"> 0 (training views) and/or {key}.FEATURE_CACHE_EVAL True (test images)")
             return None
         return ImageFeatureCache(self.cfg, self.device, self.precision, views, node.FEATURE_CACHE_DIR,
                                  seed=max(self.cfg.SEED, 0))
