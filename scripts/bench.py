@@ -47,6 +47,7 @@ CONFIGS = {
     "CoCoOp": "configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1.yaml",
     "MixPrompt": MP_CONFIG,
 }
+CONFIG_NODES = {"ZeroshotCLIP": "ZSCLIP", "CoOp": "COOP", "CoCoOp": "COCOOP", "MixPrompt": "MIXPROMPT"}
 AUTO_ESTIMATE_PROMPTS = 16_000
 TARGETS = {  # issue 8's bars, checked (not asserted) in the summary
     "trim_speedup": (">=", 2.0),
@@ -191,7 +192,7 @@ class Workspace:
         import train
         from engine import build_trainer, set_random_seed
 
-        node = {"ZeroshotCLIP": "ZSCLIP", "CoOp": "COOP", "CoCoOp": "COCOOP", "MixPrompt": "MIXPROMPT"}[name]
+        node = CONFIG_NODES[name]
         argv = ["--root", root, "--trainer", name, "--seed", "1",
                 "--dataset-config-file", str(REPO_ROOT / "configs/datasets/stanford_cars.yaml"),
                 "--config-file", str(REPO_ROOT / CONFIGS[name]), "--output-dir", str(self.folder / "out"),
@@ -210,8 +211,8 @@ class Workspace:
 
 def prompt_opts(name, n_ctx):
     """The --n-ctx context length for a prompt learner (no init words, so N_CTX is what it says)."""
-    node = {"CoOp": "COOP", "CoCoOp": "COCOOP", "MixPrompt": "MIXPROMPT"}.get(name)
-    return [] if node is None else [f"TRAINER.{node}.N_CTX", str(n_ctx), f"TRAINER.{node}.CTX_INIT", ""]
+    node = CONFIG_NODES[name]
+    return [] if name == "ZeroshotCLIP" else [f"TRAINER.{node}.N_CTX", str(n_ctx), f"TRAINER.{node}.CTX_INIT", ""]
 
 
 def training_step(ws, trainer):

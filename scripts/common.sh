@@ -17,6 +17,27 @@ fi
 # check_pairs ARGS...: the extra arguments must be KEY VALUE pairs
 check_pairs() { [ $(($# % 2)) -eq 0 ] || fail "extra arguments must be KEY VALUE pairs; got an odd number: $*"; }
 
+# fewshot_settings DEFAULT_CFG: DATA and OUTPUT made absolute; SHOTS, SEEDS, TAG and CFG from the
+# environment or their defaults
+fewshot_settings() {
+    DATA=$(absolute "${DATA:-data}")
+    OUTPUT=$(absolute "${OUTPUT:-output}")
+    SHOTS=${SHOTS:-16}
+    SEEDS=${SEEDS:-1 2 3}
+    TAG=${TAG:-}
+    CFG=${CFG:-$1}
+}
+
+# print_settings TITLE SETTINGS ARGS...: the lines every run script prints first (ARGS: the extra options)
+print_settings() {
+    echo "$1"
+    echo "  DATA=$DATA"
+    echo "  OUTPUT=$OUTPUT"
+    echo "  $2"
+    shift 2
+    echo "  extra options: ${*:-none}"
+}
+
 # check_fewshot_settings: SHOTS a positive integer, SEEDS non-empty non-negative integers, TAG a safe name
 check_fewshot_settings() {
     [[ $SHOTS =~ ^[1-9][0-9]*$ ]] || fail "SHOTS must be a positive integer, got \"$SHOTS\""

@@ -33,18 +33,10 @@ shift
 TRAINER=CoCoOp
 
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
-DATA=$(absolute "${DATA:-data}")
-OUTPUT=$(absolute "${OUTPUT:-output}")
-SHOTS=${SHOTS:-16}
-SEEDS=${SEEDS:-1 2 3}
-TAG=${TAG:-}
-CFG=${CFG:-vit_b16_c4_ep10_batch1_ctxv1}
+fewshot_settings vit_b16_c4_ep10_batch1_ctxv1
 
-echo "CoCoOp few-shot: DATASET=$DATASET"
-echo "  DATA=$DATA"
-echo "  OUTPUT=$OUTPUT"
-echo "  SHOTS=$SHOTS SEEDS=\"$SEEDS\" CFG=$CFG TAG=$TAG PYTHON=$PYTHON"
-echo "  extra options: ${*:-none}"
+print_settings "CoCoOp few-shot: DATASET=$DATASET" \
+    "SHOTS=$SHOTS SEEDS=\"$SEEDS\" CFG=$CFG TAG=$TAG PYTHON=$PYTHON" "$@"
 
 # ---- checks before any run
 check_fewshot_settings

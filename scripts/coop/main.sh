@@ -39,21 +39,12 @@ shift
 TRAINER=CoOp
 
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
-DATA=$(absolute "${DATA:-data}")
-OUTPUT=$(absolute "${OUTPUT:-output}")
-SHOTS=${SHOTS:-16}
-SEEDS=${SEEDS:-1 2 3}
-TAG=${TAG:-}
-CFG=${CFG:-vit_b16_ep50}
+fewshot_settings vit_b16_ep50
 NCTX=${NCTX:-16}
 CSC=${CSC:-False}
 CTP=${CTP:-end}
-
-echo "CoOp few-shot: DATASET=$DATASET"
-echo "  DATA=$DATA"
-echo "  OUTPUT=$OUTPUT"
-echo "  SHOTS=$SHOTS SEEDS=\"$SEEDS\" CFG=$CFG TAG=$TAG NCTX=$NCTX CSC=$CSC CTP=$CTP PYTHON=$PYTHON"
-echo "  extra options: ${*:-none}"
+print_settings "CoOp few-shot: DATASET=$DATASET" \
+    "SHOTS=$SHOTS SEEDS=\"$SEEDS\" CFG=$CFG TAG=$TAG NCTX=$NCTX CSC=$CSC CTP=$CTP PYTHON=$PYTHON" "$@"
 
 # ---- checks before any run
 [[ $NCTX =~ ^[1-9][0-9]*$ ]] || fail "NCTX must be a positive integer, got \"$NCTX\""

@@ -35,18 +35,10 @@ shift
 TRAINER=LinearProbeCLIP
 
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
-DATA=$(absolute "${DATA:-data}")
-OUTPUT=$(absolute "${OUTPUT:-output}")
-SHOTS=${SHOTS:-16}
-SEEDS=${SEEDS:-1 2 3}
-TAG=${TAG:-}
-CFG=${CFG:-vit_b16}
+fewshot_settings vit_b16
 
-echo "Linear-probe CLIP few-shot: DATASET=$DATASET"
-echo "  DATA=$DATA"
-echo "  OUTPUT=$OUTPUT"
-echo "  SHOTS=$SHOTS SEEDS=\"$SEEDS\" CFG=$CFG TAG=$TAG PYTHON=$PYTHON"
-echo "  extra options: ${*:-none}"
+print_settings "Linear-probe CLIP few-shot: DATASET=$DATASET" \
+    "SHOTS=$SHOTS SEEDS=\"$SEEDS\" CFG=$CFG TAG=$TAG PYTHON=$PYTHON" "$@"
 
 # ---- checks before any run
 check_fewshot_settings

@@ -37,18 +37,10 @@ shift 2
 TRAINER=MixPrompt
 
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
-DATA=$(absolute "${DATA:-data}")
-OUTPUT=$(absolute "${OUTPUT:-output}")
-SHOTS=${SHOTS:-16}
-SEEDS=${SEEDS:-1 2 3}
-TAG=${TAG:-}
-CFG=${CFG:-vit_b16}
+fewshot_settings vit_b16
 
-echo "MixPrompt few-shot: DATASET=$DATASET K=$K"
-echo "  DATA=$DATA"
-echo "  OUTPUT=$OUTPUT"
-echo "  SHOTS=$SHOTS SEEDS=\"$SEEDS\" CFG=$CFG TAG=$TAG PYTHON=$PYTHON"
-echo "  extra options: ${*:-none}"
+print_settings "MixPrompt few-shot: DATASET=$DATASET K=$K" \
+    "SHOTS=$SHOTS SEEDS=\"$SEEDS\" CFG=$CFG TAG=$TAG PYTHON=$PYTHON" "$@"
 
 # ---- checks before any run
 [[ $K =~ ^[1-9][0-9]*$ ]] || fail "K must be a positive integer, got \"$K\""

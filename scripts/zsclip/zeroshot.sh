@@ -39,11 +39,8 @@ CFG=${CFG:-vit_b16}
 ENSEMBLE=${ENSEMBLE:-False}
 TAG=${TAG:-}
 
-echo "Zero-shot CLIP: DATASET=$DATASET"
-echo "  DATA=$DATA"
-echo "  OUTPUT=$OUTPUT"
-echo "  CFG=$CFG ENSEMBLE=$ENSEMBLE TAG=$TAG PYTHON=$PYTHON (SHOTS and SEEDS are not used: no training)"
-echo "  extra options: ${*:-none}"
+print_settings "Zero-shot CLIP: DATASET=$DATASET" \
+    "CFG=$CFG ENSEMBLE=$ENSEMBLE TAG=$TAG PYTHON=$PYTHON (SHOTS and SEEDS are not used: no training)" "$@"
 
 [[ $ENSEMBLE =~ ^(True|False)$ ]] || fail "ENSEMBLE must be True or False, got \"$ENSEMBLE\""
 [[ $TAG =~ ^[A-Za-z0-9.+-][A-Za-z0-9_.+-]*$ || -z $TAG ]] || fail "TAG may hold letters, digits and . _ + - only, got \"$TAG\""
