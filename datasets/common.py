@@ -1,16 +1,19 @@
 """Split, few-shot and class-subsampling helpers shared by the datasets (CoOp's conventions).
 
-Formats and algorithms follow CoOp's ``OxfordPets`` helpers and Dassl's few-shot cache
-(reference/dassl-interface.md §3.9), so split JSON files and ``split_fewshot/shot_K-seed_S.pkl`` caches
-are interchangeable with CoOp's. Unlike CoOp, every malformed input stops with a :class:`DataError` that
-names the file, the offending entry and what was expected.
+Formats follow CoOp's ``OxfordPets`` helpers and Dassl's few-shot cache, so split JSON files and
+``split_fewshot/shot_K-seed_S.pkl`` caches are interchangeable with CoOp's in both directions: caches
+written here name their items ``dassl.data.datasets.base_dataset.Datum`` (what CoOp on Dassl unpickles),
+and caches written by Dassl are read without Dassl installed. Unlike CoOp, every malformed input stops with
+a :class:`DataError` that names the file, the offending entry and what was expected; a train/val split
+depends only on the data (its own fixed seed, never the global RNG); and a cache copied or moved with its
+data folder reads the images of the folder it is in.
 """
 import json
 import math
 import os
 import pickle
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from engine import Datum
 from engine.errors import DataError
@@ -163,11 +166,16 @@ def _min_images_for(p_val):
     return None
 
 
-def split_trainval(trainval, p_val=0.2):
+SPLIT_SEED = 1  # the train/val split's own seed: a split depends on the data alone
+
+
+def split_trainval(trainval, p_val=0.2, seed=SPLIT_SEED):
     """CoOp's per-class train/val split: ``round(n * p_val)`` random images of each class go to val.
 
-    Classes are taken in first-appearance order and each class's indices are shuffled with the global
-    ``random`` module, exactly as CoOp does, so the same seed gives the same split.
+    Classes are taken in first-appearance order and each class's indices are shuffled as CoOp does, but
+    with a private ``random.Random(seed)`` instead of the global generator (CoOp's split depends on what
+    drew from it before and on the run's seed): the same data gives the same split in any process,
+    whichever trainer or seed builds it, and the global generator is left untouched for the few-shot draw.
     """
     print(f"Splitting trainval into {1 - p_val:.0%} train and {p_val:.0%} val")
     tracker = defaultdict(list)
@@ -185,10 +193,11 @@ def split_trainval(trainval, p_val=0.2):
             f"Cannot split train into train and val with p_val={p_val}: at least {_min_images_for(p_val)} "
             f"training images per class are needed so that both parts get one. {listed}{more}."
         )
+    rng = random.Random(seed)
     train, val = [], []
     for indices in tracker.values():
         n_val = round(len(indices) * p_val)
-        random.shuffle(indices)
+        rng.shuffle(indices)
         for rank, index in enumerate(indices):
             (val if rank < n_val else train).append(trainval[index])
     return train, val
@@ -227,6 +236,8 @@ def classnames_from(data):
 # --------------------------------------------------------------------------------------------------------
 # Few-shot cache (CoOp's split_fewshot/shot_K-seed_S.pkl)
 # --------------------------------------------------------------------------------------------------------
+DASSL_DATUM = ("dassl.data.datasets.base_dataset", "Datum")  # where CoOp on Dassl finds Datum
+
 _SAFE_GLOBALS = {
     ("copyreg", "_reconstructor"),
     ("builtins", "object"),
@@ -250,7 +261,79 @@ class _CacheUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"unexpected object {module}.{name} in a few-shot cache")
 
 
-def _load_fewshot_cache(path):
+class _DasslDatumPickler(pickle._Pickler):
+    """Pickles the built-in engine's ``Datum`` under Dassl's name, so that CoOp on Dassl can read the cache
+    (Datum's attributes are Dassl's: ``_impath``, ``_label``, ``_domain``, ``_classname``). The class is
+    written as a plain GLOBAL reference; pickle's usual check that the name is importable here is skipped
+    for it, since Dassl need not be installed. On the Dassl engine ``Datum`` already has that name."""
+
+    def save_global(self, obj, name=None):
+        if obj is Datum and obj.__module__ != DASSL_DATUM[0]:
+            self.write(pickle.GLOBAL + "{}\n{}\n".format(*DASSL_DATUM).encode("ascii"))
+            self.memoize(obj)
+            return
+        super().save_global(obj, name)
+
+
+def dump_fewshot_cache(train, val, dataset_dir):
+    """The bytes of a few-shot cache: Dassl's ``{"train": [Datum...], "val": [Datum...]}`` plus the data
+    folder the paths were taken in (``"dataset_dir"``, ignored by Dassl), so a copied folder can re-root."""
+    import io
+
+    buffer = io.BytesIO()
+    payload = {"train": list(train), "val": list(val), "dataset_dir": os.path.abspath(dataset_dir)}
+    _DasslDatumPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(payload)
+    return buffer.getvalue()
+
+
+def _written_in(impath, dataset_dir):
+    """The data folder a cached path was written in, found as the longest head of ``impath`` whose tail
+    exists inside ``dataset_dir`` (caches written by Dassl do not record it); None when nothing fits."""
+    parts = os.path.normpath(impath).split(os.sep)
+    for cut in range(1, len(parts)):
+        if os.path.isfile(os.path.join(dataset_dir, *parts[cut:])):
+            return os.sep.join(parts[:cut]) or os.sep
+    return None
+
+
+def _inside(path, folder):
+    return os.path.abspath(path).startswith(os.path.join(os.path.abspath(folder), ""))
+
+
+def _reroot(path, items, key, written_dir, dataset_dir):
+    """``items`` with their paths moved from ``written_dir`` (inferred when None) into ``dataset_dir``,
+    each of which must exist there; returns them and ``written_dir``."""
+    moved = []
+    for index, item in enumerate(items):
+        impath = item.impath
+        if not _inside(impath, dataset_dir):
+            if written_dir is None:
+                written_dir = _written_in(impath, dataset_dir)
+            if written_dir is None or not _inside(impath, written_dir):
+                raise DataError(
+                    f'The few-shot cache "{path}" lists "{impath}" ({key}[{index}]), which is not in the data '
+                    f'folder "{dataset_dir}" and has no counterpart there. The dataset was probably moved or '
+                    "renamed, or the cache belongs to other data (caches store absolute paths). Delete the "
+                    "cache file; it is regenerated on the next run."
+                )
+            impath = os.path.join(dataset_dir, os.path.relpath(impath, written_dir))
+        if not os.path.isfile(impath):
+            raise DataError(
+                f'The few-shot cache "{path}" lists "{impath}" ({key}[{index}]), which does not exist: images '
+                "were moved or removed after the cache was written. Delete the cache file; it is regenerated "
+                "on the next run."
+            )
+        if impath != item.impath:
+            item = Datum(impath=impath, label=item.label, domain=item.domain, classname=item.classname)
+        moved.append(item)
+    return moved, written_dir
+
+
+def load_fewshot_cache(path, dataset_dir):
+    """``(train, val)`` of a few-shot cache written by this project or by Dassl, with every image path
+    inside ``dataset_dir``: a cache copied or moved along with its data folder lists the original folder's
+    absolute paths, which are re-rooted into this one (and said so) instead of silently reading the
+    original's images. Unreadable or malformed caches are a DataError saying to delete the file."""
     try:
         with open(path, "rb") as f:
             data = _CacheUnpickler(f).load()
@@ -264,35 +347,70 @@ def _load_fewshot_cache(path):
             f'The few-shot cache "{path}" does not hold {{"train": [Datum...], "val": [Datum...]}}. '
             "Delete it; it is regenerated on the next run."
         )
+    written_dir = data.get("dataset_dir") if isinstance(data.get("dataset_dir"), str) else None
+    result = []
     for key in ("train", "val"):
         for index, item in enumerate(data[key]):
             if not isinstance(item, Datum):
                 raise DataError(f'The few-shot cache "{path}": {key}[{index}] is not a Datum. Delete the file.')
-            if not os.path.isfile(item.impath):
-                raise DataError(
-                    f'The few-shot cache "{path}" lists "{item.impath}" ({key}[{index}]), which does not exist. '
-                    "The dataset was probably moved or renamed after the cache was written (caches store "
-                    "absolute paths). Delete the cache file; it is regenerated on the next run."
-                )
-    return data["train"], data["val"]
+        items, written_dir = _reroot(path, data[key], key, written_dir, dataset_dir)
+        result.append(items)
+    if any(a is not b for a, b in zip(result[0] + result[1], data["train"] + data["val"])):
+        print(f'Note: the few-shot cache "{path}" was written for the data in "{written_dir}"; reading the same '
+              f'images from "{dataset_dir}", where the cache now is')
+    return result[0], result[1]
 
 
 def load_or_create_fewshot(dataset, train, val, num_shots, seed, cache_dir):
     """Return ``(train, val)`` reduced to ``num_shots`` (val: ``min(num_shots, 4)``) images per class.
 
-    Reads ``cache_dir/shot_{K}-seed_{S}.pkl`` when present; otherwise draws the subsets with
-    ``dataset.generate_fewshot_dataset`` (train first, then val, as Dassl/CoOp do) and writes the cache.
-    ``num_shots < 1`` returns the inputs unchanged.
+    Reads ``cache_dir/shot_{K}-seed_{S}.pkl`` when present (its paths re-rooted into
+    ``dataset.dataset_dir``); otherwise draws the subsets with ``dataset.generate_fewshot_dataset`` (train
+    first, then val, as Dassl/CoOp do) and writes the cache. ``num_shots < 1`` returns the inputs unchanged.
     """
     if num_shots < 1:
         return train, val
     path = os.path.join(cache_dir, f"shot_{num_shots}-seed_{seed}.pkl")
     if os.path.isfile(path):
         print(f"Loading preprocessed few-shot data from {path}")
-        return _load_fewshot_cache(path)
+        return load_fewshot_cache(path, dataset.dataset_dir)
     train = dataset.generate_fewshot_dataset(train, num_shots=num_shots)
     val = dataset.generate_fewshot_dataset(val, num_shots=min(num_shots, 4))
-    print(f"Saving preprocessed few-shot data to {path}")
-    payload = pickle.dumps({"train": train, "val": val}, protocol=pickle.HIGHEST_PROTOCOL)
-    _write_atomic(path, payload, "few-shot cache")
+    save_fewshot_cache(path, train, val, dataset.dataset_dir)
     return train, val
+
+
+def save_fewshot_cache(path, train, val, dataset_dir):
+    print(f"Saving preprocessed few-shot data to {path}")
+    _write_atomic(path, dump_fewshot_cache(train, val, dataset_dir), "few-shot cache")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Shots actually used
+# --------------------------------------------------------------------------------------------------------
+def count_shots(train, num_shots):
+    """``{classname: training images used}`` (label order) of a dataset's final ``train_x``, the datasets'
+    ``shots_per_class``. With ``num_shots >= 1``, classes that have fewer images than that are named in one
+    log line (Dassl keeps such classes whole and still says "Creating a K-shot dataset")."""
+    labels = {}
+    counts = Counter()
+    for item in train:
+        labels.setdefault(item.classname, item.label)
+        counts[item.classname] += 1
+    shots = {name: counts[name] for name in sorted(labels, key=labels.get)}
+    short = {name: n for name, n in shots.items() if n < num_shots}
+    if num_shots >= 1 and short:
+        fewest = min(short, key=short.get)
+        low, high = short[fewest], max(short.values())
+        using = f"{low}" if low == high else f"{low} to {high}"
+        print(f'DATASET.NUM_SHOTS is {num_shots} but class "{fewest}" has only {low} training images: using '
+              f"{using} for {len(short)} of {len(shots)} classes (all the images they have)")
+    return shots
+
+
+def actual_shots_summary(shots_per_class, requested=None):
+    """``{"min", "max", "requested"}`` of a ``shots_per_class`` dict (None values when it is empty), for
+    reports: a run asked for ``requested`` shots (DATASET.NUM_SHOTS) and used min..max per class."""
+    values = list((shots_per_class or {}).values())
+    return {"min": min(values) if values else None, "max": max(values) if values else None,
+            "requested": requested}

@@ -51,7 +51,6 @@ import difflib
 import hashlib
 import json
 import os
-import pickle
 import random
 import re
 import time
@@ -63,7 +62,7 @@ from yacs.config import CfgNode as CN
 from engine import DATASET_REGISTRY, DatasetBase, Datum
 from engine.errors import ConfigError, DataError
 
-from .common import _load_fewshot_cache, _write_atomic, subsample_classes
+from .common import _write_atomic, count_shots, load_fewshot_cache, save_fewshot_cache, subsample_classes
 
 VERSIONS = ("2017", "2018", "2019", "2021", "2021_mini")
 VERSION_ALIASES = {"2021-mini": "2021_mini", "2021mini": "2021_mini", "2021_train_mini": "2021_mini"}
@@ -994,6 +993,7 @@ class INaturalist(DatasetBase):
             half = (len(selected) + 1) // 2
             selected = selected[:half] if subsample == "base" else selected[half:]
         super().__init__(train_x=train, val=val, test=test)
+        self.shots_per_class = count_shots(self.train_x, num_shots)
         self.category_ids = [self.category_ids[i] for i in selected]
         self.class_metadata = [dict(metadata[cid]) for cid in self.category_ids]
         counts = {"train_pool": _counts(train_index.category_id[train_rows]),
@@ -1162,7 +1162,7 @@ class INaturalist(DatasetBase):
         path = os.path.join(self.split_fewshot_dir, f"shot_{num_shots}-seed_{seed}.pkl")
         if os.path.isfile(path):
             print(f"Loading preprocessed few-shot data from {path}")
-            train, val = _load_fewshot_cache(path)
+            train, val = load_fewshot_cache(path, self.dataset_dir)
             for key, items in (("train", train), ("val", val)):
                 bad = [d for d in items if not 0 <= d.label < len(classnames)]
                 if bad:
@@ -1175,9 +1175,7 @@ class INaturalist(DatasetBase):
         val_pick = sample_fewshot(val_rows, val_labels, min(num_shots, 4))
         train = self._datums(index, train_rows[train_pick], train_labels[train_pick], classnames)
         val = self._datums(index, val_rows[val_pick], val_labels[val_pick], classnames)
-        print(f"Saving preprocessed few-shot data to {path}")
-        payload = pickle.dumps({"train": train, "val": val}, protocol=pickle.HIGHEST_PROTOCOL)
-        _write_atomic(path, payload, "few-shot cache")
+        save_fewshot_cache(path, train, val, self.dataset_dir)
         return train, val
 
     def _log_counts(self, val_index, train_rows, val_rows, test_rows, label_of, classnames):

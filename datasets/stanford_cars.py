@@ -17,7 +17,8 @@ import scipy.io
 from engine import DATASET_REGISTRY, DatasetBase, Datum
 from engine.errors import DataError
 
-from .common import load_or_create_fewshot, read_split, save_split, split_trainval, subsample_classes
+from .common import (count_shots, load_or_create_fewshot, read_split, save_split, split_trainval,
+                     subsample_classes)
 
 SPLIT_FILE = "split_zhou_StanfordCars.json"
 META_FILE = os.path.join("devkit", "cars_meta.mat")
@@ -321,7 +322,8 @@ def build_split_from_release(dataset_dir, split_path):
 class StanfordCars(DatasetBase):
     """196 car models; CoOp's split, few-shot cache and base/new subsampling.
 
-    ``class_metadata[label]`` is ``parse_car_classname`` of that class (make, model, type, year).
+    ``class_metadata[label]`` is ``parse_car_classname`` of that class (make, model, type, year);
+    ``shots_per_class`` maps each class name to its number of training images (``datasets.common.count_shots``).
     """
 
     dataset_dir = "stanford_cars"
@@ -347,6 +349,7 @@ class StanfordCars(DatasetBase):
         train, val, test = subsample_classes(train, val, test, subsample=subsample)
 
         super().__init__(train_x=train, val=val, test=test)
+        self.shots_per_class = count_shots(self.train_x, num_shots)
         self.class_metadata = [parse_car_classname(name) for name in self.classnames]
 
     def _make_cache_dir(self):

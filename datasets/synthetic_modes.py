@@ -24,7 +24,7 @@ from yacs.config import CfgNode as CN
 from engine import DATASET_REGISTRY, DatasetBase, Datum
 from engine.errors import ConfigError, DataError
 
-from .common import load_or_create_fewshot
+from .common import count_shots, load_or_create_fewshot
 
 INDEX_FILE = "index.json"
 
@@ -161,3 +161,4 @@ class SyntheticModes(DatasetBase):
         train, _ = load_or_create_fewshot(self, train, [], cfg.DATASET.NUM_SHOTS, cfg.SEED,
                                           os.path.join(self.dataset_dir, "split_fewshot"))
         super().__init__(train_x=train, val=[], test=test)
+        self.shots_per_class = count_shots(self.train_x, cfg.DATASET.NUM_SHOTS)

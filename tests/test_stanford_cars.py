@@ -4,6 +4,7 @@ import os
 import pickle
 import random
 import shutil
+import subprocess
 import sys
 import types
 
@@ -12,7 +13,7 @@ import pytest
 import scipy.io
 
 import engine
-from datasets.common import load_or_create_fewshot, split_trainval, subsample_classes
+from datasets.common import actual_shots_summary, load_or_create_fewshot, split_trainval, subsample_classes
 from datasets.stanford_cars import SPLIT_FILE, StanfordCars, parse_car_classname
 from engine import Datum
 from engine.errors import DataError, UserError
@@ -238,13 +239,101 @@ def test_reads_coop_pickle_written_on_dassl(root, monkeypatch, capsys):
     assert items(loaded.train_x) == items(train) and items(loaded.val) == items(val)
 
 
-def test_stale_cache_after_moving_dataset(root, tmp_path):
-    build(root, shots=2, seed=1)
-    moved = tmp_path / "moved"
+FAKE_DASSL_DATUM = """
+class Datum:
+    def __init__(self, impath="", label=0, domain=0, classname=""):
+        self._impath, self._label, self._domain, self._classname = impath, label, domain, classname
+
+    @property
+    def impath(self):
+        return self._impath
+
+    @property
+    def label(self):
+        return self._label
+
+    @property
+    def classname(self):
+        return self._classname
+"""
+
+READ_LIKE_DASSL = """
+import pickle, sys
+try:
+    import engine
+except ImportError:
+    pass
+else:
+    sys.exit("engine must not be importable here")
+with open(sys.argv[1], "rb") as f:
+    data = pickle.load(f)  # what Dassl's DatasetBase does with split_fewshot/*.pkl
+for key in ("train", "val"):
+    for d in data[key]:
+        print(key, type(d).__module__, d.impath, d.label, d.classname, sep="|")
+"""
+
+
+def test_cache_written_here_is_read_by_coop_on_dassl(root, tmp_path):
+    """Issue: our caches named engine.data.datasets.Datum; CoOp on Dassl failed with "No module named
+    'engine'". Read back by plain pickle in a process where only a Dassl package is importable."""
+    ds = build(root, shots=3, seed=1)
+    cache = cars_dir(root) / "split_fewshot" / "shot_3-seed_1.pkl"
+    assert b"engine" not in cache.read_bytes()
+    package = tmp_path / "site" / "dassl" / "data" / "datasets"
+    package.mkdir(parents=True)
+    for folder in (package, package.parent, package.parent.parent):
+        (folder / "__init__.py").write_text("")
+    (package / "base_dataset.py").write_text(FAKE_DASSL_DATUM)
+    proc = subprocess.run([sys.executable, "-c", READ_LIKE_DASSL, str(cache)], cwd=tmp_path, capture_output=True,
+                          text=True, env=dict(os.environ, PYTHONPATH=str(tmp_path / "site")), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    expected = [f"{key}|dassl.data.datasets.base_dataset|{d.impath}|{d.label}|{d.classname}"
+                for key, data in (("train", ds.train_x), ("val", ds.val)) for d in data]
+    assert proc.stdout.splitlines() == expected
+
+
+def test_cache_of_a_copied_or_moved_folder_reads_the_copy(root, tmp_path, capsys):
+    """A copied data folder brings its split_fewshot/*.pkl, whose absolute paths point into the original:
+    the copy's own images are read (a corrupt image in the copy must not be hidden by the original)."""
+    ds = build(root, shots=2, seed=1)
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    capsys.readouterr()
+    copied = build(copy, shots=2, seed=1)
+    out = capsys.readouterr().out
+    assert "Loading preprocessed few-shot data" in out and f'reading the same images from "{cars_dir(copy)}"' in out
+    assert [d.impath for d in copied.train_x + copied.val] == [
+        d.impath.replace(str(cars_dir(root)), str(cars_dir(copy))) for d in ds.train_x + ds.val]
+    assert all(d.impath.startswith(str(cars_dir(copy)) + os.sep) for d in copied.train_x + copied.val + copied.test)
+
+    moved = tmp_path / "moved"  # moved: the original is gone
     moved.mkdir()
     shutil.move(cars_dir(root), moved / "stanford_cars")
-    cache = moved / "stanford_cars" / "split_fewshot" / "shot_2-seed_1.pkl"
-    expect_error(moved, cache, "moved", "Delete", shots=2, seed=1)
+    assert items(build(moved, shots=2, seed=1).train_x) == [
+        (p.replace(str(cars_dir(copy)), str(cars_dir(moved))), y, c) for p, y, c in items(copied.train_x)]
+
+
+def test_dassl_cache_of_a_copied_folder_is_rerooted_too(root, tmp_path):
+    """Caches written by Dassl record no data folder: it is inferred from the paths."""
+    ds = build(root, shots=2, seed=1)
+    cache = cars_dir(root) / "split_fewshot" / "shot_2-seed_1.pkl"
+    cache.write_bytes(pickle.dumps({"train": ds.train_x, "val": ds.val}))  # no "dataset_dir" key
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    copied = build(copy, shots=2, seed=1)
+    assert all(d.impath.startswith(str(cars_dir(copy)) + os.sep) for d in copied.train_x + copied.val)
+    assert [os.path.relpath(d.impath, cars_dir(copy)) for d in copied.train_x] == [
+        os.path.relpath(d.impath, cars_dir(root)) for d in ds.train_x]
+
+
+def test_cache_naming_images_outside_the_data_folder_is_refused(root, tmp_path):
+    ds = build(root, shots=2, seed=1)
+    elsewhere = tmp_path / "elsewhere.jpg"
+    elsewhere.write_bytes(b"")
+    stray = Datum(impath=str(elsewhere), label=0, classname=ds.classnames[0])
+    cache = cars_dir(root) / "split_fewshot" / "shot_2-seed_1.pkl"
+    cache.write_bytes(pickle.dumps({"train": [stray], "val": []}))
+    expect_error(root, cache, "not in the data folder", "Delete", shots=2, seed=1)
 
 
 def test_corrupt_cache(root):
@@ -294,16 +383,57 @@ def test_subsample_odd_count_and_unknown_mode(tmp_path):
         subsample_classes(data, subsample="novel")
 
 
-def test_split_trainval_follows_coop(tmp_path):
+def test_split_trainval_follows_coop_with_its_own_seed(tmp_path):
+    """CoOp's per-class split, but drawn from a fixed split seed: neither the global RNG's state before it
+    (what ran earlier in the process, the run's --seed) changes it, nor does it move the global RNG."""
     img = tmp_path / "x.jpg"
     img.write_bytes(b"")
     data = [Datum(impath=str(img), label=k % 3, classname=f"c{k % 3}") for k in range(30)]
     random.seed(0)
     train, val = split_trainval(data, p_val=0.2)
+    after = random.random()
     assert len(val) == 6 and len(train) == 24
     assert [d.label for d in val] == [0, 0, 1, 1, 2, 2]
     random.seed(0)
-    assert split_trainval(data, p_val=0.2)[1] == val
+    assert random.random() == after  # the global generator was not drawn from
+    random.seed(12345)
+    random.random()
+    assert split_trainval(data, p_val=0.2) == (train, val)
+    assert split_trainval(data, p_val=0.2, seed=2) != (train, val)
+
+
+def test_split_file_is_the_same_whatever_ran_before(template, tmp_path):
+    """Issue: the split built from the release depended on the global RNG (the run's seed and whatever drew
+    before), so two fresh runs, or CoOp vs MixPrompt, built different split files."""
+    files = []
+    for seed, draws in ((1, 0), (2, 7)):
+        root = tmp_path / f"data{seed}"
+        shutil.copytree(template, root)
+        random.seed(seed)
+        for _ in range(draws):
+            random.random()
+        StanfordCars(make_cfg(root, shots=2, seed=seed))
+        files.append((cars_dir(root) / SPLIT_FILE).read_bytes())
+    assert files[0] == files[1]
+
+
+def test_shots_per_class_counts_what_is_used(root, capsys):
+    """Issue: NUM_SHOTS 100 with 6 images per class said "Creating a 100-shot dataset" and nothing else."""
+    full = build(root)
+    per_class = TRAIN_PER_CLASS - round(TRAIN_PER_CLASS * 0.2)
+    assert full.shots_per_class == {name: per_class for name in full.classnames}
+    assert list(full.shots_per_class) == full.classnames
+    capsys.readouterr()
+    few = build(root, shots=2)
+    assert few.shots_per_class == {name: 2 for name in full.classnames}
+    assert "DATASET.NUM_SHOTS" not in capsys.readouterr().out
+    many = build(root, shots=100)
+    out = capsys.readouterr().out
+    assert many.shots_per_class == full.shots_per_class
+    assert (f'DATASET.NUM_SHOTS is 100 but class "{full.classnames[0]}" has only {per_class} training images: '
+            f"using {per_class} for {CLASSES} of {CLASSES} classes") in out
+    assert actual_shots_summary(many.shots_per_class, 100) == {"min": per_class, "max": per_class, "requested": 100}
+    assert actual_shots_summary({}, 4) == {"min": None, "max": None, "requested": 4}
 
 
 @pytest.mark.parametrize("name, expected", [
