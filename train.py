@@ -39,6 +39,10 @@ from engine.distributed import (barrier, broadcast_from_main, check_distributed_
                                 is_main_process, requested_world_size)
 from engine.errors import ConfigError  # noqa: E402
 from engine.utils import check_wandb_cfg, quiet_other_ranks  # noqa: E402
+from engine.data.image_check import check_dataset_images  # noqa: E402
+from engine.data.manager import cap_num_workers  # noqa: E402
+from engine.errors import fault_exit, quiet_fixable_thread_errors  # noqa: E402
+from engine.run_lock import hold_run_lock  # noqa: E402
 
 import datasets  # noqa: F401,E402  (registers datasets)
 import trainers  # noqa: F401,E402  (registers trainers)
@@ -74,6 +78,10 @@ def _yacs_error(exc, where):
         key = str(msg).split(":", 1)[-1].strip()
         return ConfigError(f"Unknown config key {key} in {where}. Keys must exist in the defaults; check the "
                            "spelling (trainer keys live under TRAINER.<NAME>, e.g. TRAINER.COOP.N_CTX).")
+    if isinstance(exc, ValueError) and str(msg).startswith("Type mismatch (<class 'str'> vs."):
+        key = str(msg).rsplit(":", 1)[-1].strip()  # a string key given a number (e.g. a year)
+        return ConfigError(f"Wrong type in {where}: {msg}. {key} takes a string: quote a value that looks like "
+                           f"a number, e.g. {key} \"'2021'\" on the command line, {key}: \"2021\" in YAML.")
     if isinstance(exc, ValueError) and "Type mismatch" in str(msg):
         return ConfigError(f"Wrong type in {where}: {msg}. Write floats with a decimal point (0.002, 1e-3) "
                            "and integers without one.")
@@ -187,10 +195,14 @@ def main(args):
     cfg = setup_cfg(args)
     check_wandb_cfg(cfg)
     cfg = start_distributed(cfg)
+    lock_note = hold_run_lock(cfg.OUTPUT_DIR) if is_main_process() else None  # before anything is written there
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
     setup_logger(cfg.OUTPUT_DIR)
+    if lock_note:
+        print(lock_note)
+    cap_num_workers(cfg)
     if torch.cuda.is_available() and cfg.USE_CUDA:
         torch.backends.cudnn.benchmark = True
     print_header(args, cfg)
@@ -199,6 +211,7 @@ def main(args):
         print("Collecting env info ...")
         print(f"** System info **\n{collect_env_info()}\n")
     trainer = build_trainer(cfg)
+    check_dataset_images(trainer.dm.dataset)  # every split, before any training or evaluation
     if args.eval_only:
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
         evaluate_on_main(trainer)
@@ -213,17 +226,22 @@ def report_user_error(exc):
     rank = os.environ.get("RANK", "0").strip()
     message = f"ERROR: {exc}" if rank in ("", "0") else f"ERROR: [rank {rank}] {exc}"
     print(message, file=sys.stderr)
-    log_file = getattr(sys.stdout, "file", None)
-    if log_file is not None:
-        log_file.write(message + "\n")
-        log_file.flush()
+    if hasattr(sys.stdout, "write_log_line"):
+        sys.stdout.write_log_line(message)
 
 
 if __name__ == "__main__":
+    quiet_fixable_thread_errors()
     try:
         main(build_parser().parse_args())
     except UserError as exc:
         report_user_error(exc)
         sys.exit(2)
+    except (KeyboardInterrupt, OSError) as exc:  # Ctrl-C (exit 130), full disk or no permission (exit 2)
+        status, message = fault_exit(exc)
+        if status is None:
+            raise
+        report_user_error(message)
+        sys.exit(status)
     finally:
         destroy_distributed()

@@ -145,6 +145,12 @@ def _check_choice(key, value, choices):
     return value
 
 
+def version_opt(version):
+    """The ``KEY VALUE`` opt selecting ``version`` on train.py's command line. The value is quoted for yacs
+    (``"'2021'"``): a bare 2021 would be read as a number, and VERSION is a string key."""
+    return f"DATASET.INATURALIST.VERSION \"'{version}'\""
+
+
 def normalize_version(value):
     value = str(value).strip().lower()
     value = VERSION_ALIASES.get(value, value)
@@ -629,7 +635,7 @@ def resolve_release(root, version="auto"):
     if len(found) > 1:
         listed = ", ".join(f'{v} ("{f}")' for v, f in found)
         raise ConfigError(f"Several iNaturalist releases were found: {listed}. Set DATASET.INATURALIST.VERSION "
-                          f"to one of {list(VERSIONS)}.")
+                          f"to one of {list(VERSIONS)}, e.g. with the opt {version_opt(found[0][0])}.")
     version, folder = found[0]
     print(f'DATASET.INATURALIST.VERSION auto: detected the {version} release in "{folder}"')
     return RELEASES[version], folder

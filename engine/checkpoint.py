@@ -7,6 +7,7 @@ and renamed into place, so a kill never leaves a half-written checkpoint behind.
 import os
 import re
 import tempfile
+import zipfile
 from collections import OrderedDict
 
 import torch
@@ -66,9 +67,27 @@ def save_checkpoint(state, save_dir, model_name=""):
     return fpath
 
 
+def _unreadable(fpath, exc):
+    """The UserError for a checkpoint file torch cannot load, telling a cut-short file from a foreign one."""
+    size = os.path.getsize(fpath)
+    with open(fpath, "rb") as f:
+        zip_archive = f.read(4) == b"PK\x03\x04"  # torch.save's format since torch 1.6
+    if zip_archive and not zipfile.is_zipfile(fpath):
+        return UserError(
+            f'Checkpoint "{fpath}" is truncated or corrupt ({size:,} bytes; {type(exc).__name__}: {exc}): the file '
+            "was cut short (a full disk, an interrupted copy). Delete it: a resumed run then continues from the "
+            "previous checkpoint, and --load-epoch can pick another saved epoch."
+        )
+    return UserError(
+        f'Unable to load checkpoint "{fpath}" ({size:,} bytes): {type(exc).__name__}: {exc}. Expected a file '
+        "written by torch.save (this project, Dassl or CoOp)."
+    )
+
+
 def load_checkpoint(fpath, map_location="cpu"):
     """Load a checkpoint with ``weights_only=True``; files holding pickled objects (Dassl's warmup
-    schedulers) fall back to a full unpickle with a note. Missing or unreadable files are a UserError."""
+    schedulers) fall back to a full unpickle with a note. Missing, truncated or unreadable files are a
+    UserError saying what to do."""
     if not fpath or not os.path.isfile(fpath):
         raise UserError(f'Checkpoint not found: "{fpath}"')
     try:
@@ -77,27 +96,40 @@ def load_checkpoint(fpath, map_location="cpu"):
         try:
             ckpt = torch.load(fpath, map_location=map_location, weights_only=False)
         except Exception as exc:
-            raise UserError(
-                f'Unable to load checkpoint "{fpath}": {type(exc).__name__}: {exc}. Expected a file written '
-                "by torch.save (this project, Dassl or CoOp)."
-            ) from None
+            raise _unreadable(fpath, exc) from None
         print(f'Note: "{fpath}" holds pickled Python objects ({type(safe_error).__name__}); loaded it with '
               "weights_only=False. Only load checkpoints you trust.")
         return ckpt
 
 
+def saved_epochs(model_dir):
+    """Epochs N with a ``model.pth.tar-N`` in ``model_dir``, ascending (none when it does not exist)."""
+    if not os.path.isdir(model_dir):
+        return []
+    return sorted(int(m.group(1)) for name in os.listdir(model_dir) if (m := EPOCH_FILE.match(name)))
+
+
 def latest_checkpoint(model_dir):
-    """Path named by ``model_dir/checkpoint``; without that pointer file (a run killed after writing its
-    first checkpoint but before the pointer), the highest-numbered ``model.pth.tar-N`` there (every file is
-    written atomically, so it is complete); None when there is neither."""
+    """Path named by ``model_dir/checkpoint``; without that pointer file, or when the file it names is gone
+    (a run killed after writing its first checkpoint but before the pointer; a corrupt checkpoint deleted),
+    the highest-numbered ``model.pth.tar-N`` there (every file is written atomically, so it is complete);
+    None when there is neither."""
     pointer = os.path.join(model_dir, "checkpoint")
     if os.path.isfile(pointer):
         with open(pointer) as f:
             name = f.readline().strip()
-        if name:
+        if name and os.path.isfile(os.path.join(model_dir, name)):
             return os.path.join(model_dir, name)
-    numbered = [(int(m.group(1)), name) for name in os.listdir(model_dir) if (m := EPOCH_FILE.match(name))]
-    return os.path.join(model_dir, max(numbered)[1]) if numbered else None
+    epochs = saved_epochs(model_dir)
+    return os.path.join(model_dir, f"model.pth.tar-{epochs[-1]}") if epochs else None
+
+
+def _model_not_found(fpath, epoch, saved):
+    have = (f"saved epochs there: {', '.join(map(str, saved))}; pass --load-epoch N, e.g. --load-epoch {saved[-1]} "
+            "(the last one)" if saved else "there is no model.pth.tar-N next to it either: check --model-dir")
+    why = (" (model-best.pth.tar is written only by runs with TEST.FINAL_MODEL best_val; without --load-epoch "
+           "--eval-only loads it)" if epoch is None else "")
+    return f'Model not found at "{fpath}"{why}: {have}.'
 
 
 class CheckpointMixin:
@@ -166,7 +198,7 @@ class CheckpointMixin:
             fname = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
             fpath = os.path.join(directory, name, fname)
             if not os.path.exists(fpath):
-                raise UserError(f'Model not found at "{fpath}"')
+                raise UserError(_model_not_found(fpath, epoch, saved_epochs(os.path.join(directory, name))))
             ckpt = load_checkpoint(fpath)
             val_result = ckpt.get("val_result")
             extra = f", val_result = {val_result:.1f}" if val_result is not None else ""

@@ -14,15 +14,25 @@ from .errors import ConfigError
 
 
 class _Tee:
-    """Writes to the console and to a log file; ``flush`` also fsyncs so a killed run keeps its log."""
+    """Writes to the console and to a log file. The file gets whole lines only, each handed to the OS as
+    soon as it is complete (a killed run keeps every line it printed, and its log never ends mid-line);
+    ``flush`` also fsyncs, so the log survives a crash of the machine too."""
 
     def __init__(self, console, fpath):
         self.console = console
-        self.file = open(fpath, "w")
+        self.file = open(fpath, "w", buffering=1)  # line-buffered
+        self._partial = ""
 
     def write(self, msg):
         self.console.write(msg)
-        self.file.write(msg)
+        lines, newline, self._partial = (self._partial + msg).rpartition("\n")
+        if newline:
+            self.file.write(lines + newline)
+
+    def write_log_line(self, line):
+        """A line for the log file alone (e.g. an error already shown on stderr), after any pending text."""
+        pending, self._partial = self._partial + "\n" if self._partial else "", ""
+        self.file.write(pending + line.rstrip("\n") + "\n")
 
     def flush(self):
         self.console.flush()
@@ -33,6 +43,8 @@ class _Tee:
         return False
 
     def close(self):
+        self.file.write(self._partial)
+        self._partial = ""
         self.file.close()
 
 
@@ -47,7 +59,8 @@ def quiet_other_ranks():
 def setup_logger(output=None):
     """Tee stdout into ``<output>/log.txt`` (or ``output`` itself when it ends in .txt/.log).
 
-    Like Dassl, an existing log file is not overwritten: the new one gets a ``-%Y-%m-%d-%H-%M-%S`` suffix.
+    Like Dassl, an existing log file is not overwritten: the new one gets a ``-%Y-%m-%d-%H-%M-%S`` suffix
+    (then ``-2``, ``-3`` ... for several in one second).
     Returns the path of the log file (None when ``output`` is None, and on ranks > 0 of a distributed run,
     whose stdout is silenced instead: only rank 0 writes log.txt).
     """
@@ -61,7 +74,10 @@ def setup_logger(output=None):
     else:
         fpath = os.path.join(output, "log.txt")
     if os.path.exists(fpath):
-        fpath += time.strftime("-%Y-%m-%d-%H-%M-%S")
+        stamped = fpath + time.strftime("-%Y-%m-%d-%H-%M-%S")
+        fpath, n = stamped, 2
+        while os.path.exists(fpath):  # resumed twice within a second: never overwrite an earlier log
+            fpath, n = f"{stamped}-{n}", n + 1
     mkdir_if_missing(os.path.dirname(os.path.abspath(fpath)))
     if isinstance(sys.stdout, _Tee):
         sys.stdout.close()

@@ -12,8 +12,9 @@
 # 3. prints the comparison table (scripts/parse_results.py) and the collapse table
 #    (scripts/collapse_report.py), and writes the collapse figures.
 #
-# Everything goes under WORK (default output/demo): data/, tiny_clip.pt, output/ (the runs, CoOp's layout),
-# plots/ and console.log (the full output of every run). Running it again skips what is done.
+# Everything goes under WORK (default demo/, outside output/ so that the demo's runs never show up in the
+# main job's tables): data/, tiny_clip.pt, output/ (the runs, CoOp's layout), plots/ and console.log (the full
+# output of every run). Running it again skips what is done; two fresh runs give identical tables.
 #
 # Size knobs (environment; the defaults are the demo):
 #   DEMO_CLASSES 4, DEMO_MODES 4 (looks per class), DEMO_TRAIN_PER_CLASS 20, DEMO_TEST_PER_CLASS 8,
@@ -21,7 +22,7 @@
 #   (CoOp's context tokens), PYTHON (default python, else python3), OMP_NUM_THREADS (default 1).
 set -uo pipefail
 
-WORK=${WORK:-output/demo}
+WORK=${WORK:-demo}
 mkdir -p "$WORK" && WORK=$(cd "$WORK" && pwd)
 CLASSES=${DEMO_CLASSES:-4}
 MODES=${DEMO_MODES:-4}

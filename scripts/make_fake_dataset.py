@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 import scipy.io  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from datasets.inaturalist import version_opt  # noqa: E402
 from engine.errors import UserError  # noqa: E402
 
 # Real Stanford Cars names (cars_meta.mat form, year last), chosen to cover the parsing corner cases.
@@ -473,7 +474,7 @@ def write_fake_inaturalist(root, version="2021", classes=6, train_per_class=8, v
     print(
         f"Wrote a fake iNaturalist {version} release to {target}: {classes} classes.\n"
         f"  Files: {', '.join(written)}\n"
-        f"  Use it with --root {target.parent.parent} DATASET.INATURALIST.VERSION {version}"
+        f"  Use it with --root {target.parent.parent} {version_opt(version)}"
     )
     return target
 

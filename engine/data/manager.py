@@ -5,6 +5,8 @@ single-process loader's batches (``GlobalBatchSampler``): DATALOADER.TRAIN_X.BAT
 batch size and the number of batches per epoch is unchanged. Val and test loaders are not split: rank 0
 evaluates the whole split.
 """
+import os
+
 import torch
 from PIL import Image
 from tabulate import tabulate
@@ -16,6 +18,29 @@ from .datasets import DATASET_REGISTRY
 from .transforms import build_transform
 
 SAMPLERS = ("RandomSampler", "SequentialSampler")
+
+
+def usable_cpus():
+    """CPUs this process may run on (its affinity mask, as torch's DataLoader counts them)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def cap_num_workers(cfg):
+    """Lower DATALOADER.NUM_WORKERS to the usable CPUs (in place, with one log line): more workers than
+    CPUs only add start-up time and torch's warning at every loader. Returns the number of workers."""
+    requested, cpus = cfg.DATALOADER.NUM_WORKERS, usable_cpus()
+    if requested <= cpus:
+        return requested
+    frozen = cfg.is_frozen()
+    cfg.defrost()
+    cfg.DATALOADER.NUM_WORKERS = cpus
+    if frozen:
+        cfg.freeze()
+    print(f"DATALOADER.NUM_WORKERS {requested} lowered to {cpus}, the number of CPUs this process may use")
+    return cpus
 
 
 def build_dataset(cfg):
