@@ -24,6 +24,7 @@ from torch import nn
 
 from engine.errors import WeightsError
 
+from .provenance import provenance_banner, read_provenance
 from .text import TextEncoder
 
 # CoOp's CLIP names -> (open_clip model name, file name in OpenAI's download URL / CoOp's ~/.cache/clip).
@@ -60,6 +61,7 @@ class LoadedCLIP:
     input_resolution: int
     embed_dim: int
     text_width: int
+    provenance: Optional[dict] = None  # the file's sidecar (provenance.py), e.g. the synthetic pretrained CLIP
 
 
 def load_clip(name: str, device: Union[str, torch.device] = "cpu", cache_dir: Optional[str] = None) -> LoadedCLIP:
@@ -80,9 +82,12 @@ def load_clip(name: str, device: Union[str, torch.device] = "cpu", cache_dir: Op
         input_resolution=_input_resolution(model),
         embed_dim=int(getattr(model.visual, "output_dim", None) or text.embed_dim),
         text_width=text.width,
+        provenance=read_provenance(source) if Path(source).is_file() else None,
     )
     if random_weights:
         print(_random_weights_banner(source))
+    if loaded.provenance is not None:
+        print(provenance_banner(loaded.provenance, source))
     print(f"Loaded CLIP {name} from {source} "
           f"(input resolution {loaded.input_resolution}, embed dim {loaded.embed_dim})")
     return loaded
