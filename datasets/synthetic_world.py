@@ -16,6 +16,7 @@ knobs) in CoOp's layout: ``images/{train,val,test}/*.png``, the split file ``spl
 (``[relative path, label, class name]``), ``split_fewshot/`` and ``index.json`` (every image's attributes
 and true mode). Knobs under ``DATASET.SYNTHETIC_WORLD``: see :func:`add_synthetic_world_config`.
 """
+import contextlib
 import json
 import os
 import shutil
@@ -26,13 +27,13 @@ from PIL import Image
 from yacs.config import CfgNode as CN
 
 from engine import DATASET_REGISTRY, DatasetBase, Datum
-from engine.errors import ConfigError, DataError
+from engine.errors import ConfigError
 
 from . import world
 from .common import load_or_create_fewshot, read_split, save_split, subsample_classes
+from .synthetic_modes import INDEX_FILE, load_index  # the same index.json contract
 
 SPLIT_FILE = "split_synthetic_world.json"
-INDEX_FILE = "index.json"
 POOLS = ("seen", "held_out", "all")
 MAX_MODES = 15  # distinct (background, size, position) looks a class can get: 5 x 3 with distinct pairs
 
@@ -108,12 +109,22 @@ def mode_looks(n_modes, rng):
             for m in range(n_modes)]
 
 
+@contextlib.contextmanager
+def _atomic_folder(folder):
+    """Yield a temporary sibling folder to fill; renamed to ``folder`` on success, removed on failure."""
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(folder))
+    try:
+        yield tmp
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def generate(folder, s):
     """Render the dataset into ``folder`` (atomically: temporary folder, then rename)."""
-    parent = os.path.dirname(folder)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
-    try:
+    with _atomic_folder(folder) as tmp:
         rng = np.random.default_rng([s.SEED, 3])
         classes = choose_classes(_pool(s.COMPOSITIONS), s.NUM_CLASSES, rng)
         names = [world.class_name(c, sh) for c, sh in classes]
@@ -140,19 +151,6 @@ def generate(folder, s):
         save_split(splits["train"], splits["val"], splits["test"], os.path.join(tmp, SPLIT_FILE), tmp)
         with open(os.path.join(tmp, INDEX_FILE), "w") as f:
             json.dump(index, f)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def load_index(folder):
-    path = os.path.join(folder, INDEX_FILE)
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as exc:
-        raise DataError(f'Cannot read "{path}" ({exc}); delete "{folder}" to regenerate it') from None
 
 
 def mode_of(folder):
