@@ -226,8 +226,13 @@ def report_user_error(exc):
     rank = os.environ.get("RANK", "0").strip()
     message = f"ERROR: {exc}" if rank in ("", "0") else f"ERROR: [rank {rank}] {exc}"
     print(message, file=sys.stderr)
-    if hasattr(sys.stdout, "write_log_line"):
-        sys.stdout.write_log_line(message)
+    log_file = getattr(sys.stdout, "file", None)
+    if log_file is not None:
+        try:
+            log_file.write(message + "\n")
+            log_file.flush()
+        except OSError:  # a full disk: stderr has the message
+            pass
 
 
 if __name__ == "__main__":

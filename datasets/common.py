@@ -8,6 +8,7 @@ a :class:`DataError` that names the file, the offending entry and what was expec
 depends only on the data (its own fixed seed, never the global RNG); and a cache copied or moved with its
 data folder reads the images of the folder it is in.
 """
+import io
 import json
 import math
 import os
@@ -278,10 +279,9 @@ class _DasslDatumPickler(pickle._Pickler):
 def dump_fewshot_cache(train, val, dataset_dir):
     """The bytes of a few-shot cache: Dassl's ``{"train": [Datum...], "val": [Datum...]}`` plus the data
     folder the paths were taken in (``"dataset_dir"``, ignored by Dassl), so a copied folder can re-root."""
-    import io
-
     buffer = io.BytesIO()
-    payload = {"train": list(train), "val": list(val), "dataset_dir": os.path.abspath(dataset_dir)}
+    payload = {"train": list(train), "val": list(val),
+               "dataset_dir": os.path.abspath(dataset_dir) if dataset_dir else None}
     _DasslDatumPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(payload)
     return buffer.getvalue()
 
@@ -306,7 +306,7 @@ def _reroot(path, items, key, written_dir, dataset_dir):
     moved = []
     for index, item in enumerate(items):
         impath = item.impath
-        if not _inside(impath, dataset_dir):
+        if dataset_dir and not _inside(impath, dataset_dir):
             if written_dir is None:
                 written_dir = _written_in(impath, dataset_dir)
             if written_dir is None or not _inside(impath, written_dir):
@@ -373,11 +373,17 @@ def load_or_create_fewshot(dataset, train, val, num_shots, seed, cache_dir):
     path = os.path.join(cache_dir, f"shot_{num_shots}-seed_{seed}.pkl")
     if os.path.isfile(path):
         print(f"Loading preprocessed few-shot data from {path}")
-        return load_fewshot_cache(path, dataset.dataset_dir)
+        return load_fewshot_cache(path, _data_folder(dataset))
     train = dataset.generate_fewshot_dataset(train, num_shots=num_shots)
     val = dataset.generate_fewshot_dataset(val, num_shots=min(num_shots, 4))
-    save_fewshot_cache(path, train, val, dataset.dataset_dir)
+    save_fewshot_cache(path, train, val, _data_folder(dataset))
     return train, val
+
+
+def _data_folder(dataset):
+    """The dataset's folder (``dataset_dir``), or None when it has none on disk (no re-rooting then)."""
+    folder = getattr(dataset, "dataset_dir", "")
+    return folder if isinstance(folder, str) and folder and os.path.isdir(folder) else None
 
 
 def save_fewshot_cache(path, train, val, dataset_dir):

@@ -57,7 +57,9 @@ if ENGINE == "dassl":
     from dassl.engine import TrainerX as _DasslTrainerX
     from dassl.engine import build_trainer as _dassl_build_trainer
     from dassl.metrics import compute_accuracy  # noqa: F401
-    from dassl.utils import collect_env_info, set_random_seed, setup_logger  # noqa: F401
+    from dassl.utils import collect_env_info, set_random_seed  # noqa: F401
+
+    from .utils import setup_logger  # noqa: F401  (Dassl's: same files, but buffered; ours writes line by line)
 
     from .config import add_wandb_config as _add_wandb_config
     from .registry import check_availability as _check_availability

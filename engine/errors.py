@@ -5,6 +5,7 @@ traceback, then exit with status 2. Everything else is a bug and keeps its trace
 :func:`fault_exit`: Ctrl-C (one line, exit 130), a full disk or a missing permission (one paragraph, exit 2).
 """
 import errno
+import os
 
 
 class UserError(Exception):
@@ -40,9 +41,7 @@ def _run_folder():
 
 
 def _last_checkpoint(folder):
-    """`` "<file>" (epoch N)`` of the newest checkpoint saved in a run folder, or None."""
-    import os
-
+    """Path of the newest checkpoint saved in a run folder (any model's), or None."""
     from .checkpoint import latest_checkpoint
 
     found = []
@@ -56,7 +55,8 @@ def _last_checkpoint(folder):
 
 def fault_exit(exc):
     """``(exit status, one-paragraph message)`` for a fault that needs no traceback: Ctrl-C (130), a full
-    disk or a permission problem (2, as a UserError); ``(None, None)`` for anything else (a bug)."""
+    disk or a permission problem (2); ``(None, None)`` for anything else (a bug: keep the traceback). The
+    message names the run folder this process holds and its last checkpoint."""
     folder = _run_folder()
     where = f' in "{folder}"' if folder else ""
     last = _last_checkpoint(folder)

@@ -29,11 +29,6 @@ class _Tee:
         if newline:
             self.file.write(lines + newline)
 
-    def write_log_line(self, line):
-        """A line for the log file alone (e.g. an error already shown on stderr), after any pending text."""
-        pending, self._partial = self._partial + "\n" if self._partial else "", ""
-        self.file.write(pending + line.rstrip("\n") + "\n")
-
     def flush(self):
         self.console.flush()
         self.file.flush()

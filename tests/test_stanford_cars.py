@@ -240,21 +240,8 @@ def test_reads_coop_pickle_written_on_dassl(root, monkeypatch, capsys):
 
 
 FAKE_DASSL_DATUM = """
-class Datum:
-    def __init__(self, impath="", label=0, domain=0, classname=""):
-        self._impath, self._label, self._domain, self._classname = impath, label, domain, classname
-
-    @property
-    def impath(self):
-        return self._impath
-
-    @property
-    def label(self):
-        return self._label
-
-    @property
-    def classname(self):
-        return self._classname
+class Datum:  # Dassl's Datum keeps its fields in _impath, _label, _domain, _classname
+    pass
 """
 
 READ_LIKE_DASSL = """
@@ -269,7 +256,7 @@ with open(sys.argv[1], "rb") as f:
     data = pickle.load(f)  # what Dassl's DatasetBase does with split_fewshot/*.pkl
 for key in ("train", "val"):
     for d in data[key]:
-        print(key, type(d).__module__, d.impath, d.label, d.classname, sep="|")
+        print(key, type(d).__module__, d._impath, d._label, d._classname, sep="|")
 """
 
 
