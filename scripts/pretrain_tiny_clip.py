@@ -3,8 +3,9 @@
 Usage: python scripts/pretrain_tiny_clip.py OUT.pt [--quick] [--seed 0] [--threads N]
 Then:  MODEL.BACKBONE.NAME OUT.pt INPUT.SIZE "(32, 32)"
 
-Full quality takes about 10 minutes on 2 CPU cores; --quick (for tests) about a minute. When OUT.pt and
-its sidecar OUT.pt.json already describe the same recipe, nothing is done.
+Full quality takes about 7-8 minutes on 2 idle CPU cores (much longer on a busy machine); --quick (for
+tests) about a minute. When OUT.pt and its sidecar OUT.pt.json already describe the same recipe, nothing
+is done.
 """
 import argparse
 import sys

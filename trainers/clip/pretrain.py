@@ -53,7 +53,7 @@ class Recipe:
 
 
 def recipe_for(quick: bool = False, seed: int = 0) -> Recipe:
-    """The full-quality recipe (~10 min on 2 CPU cores) or the quick one for tests (~1 min on one)."""
+    """The full-quality recipe (~7-8 min on 2 idle CPU cores) or the quick one for tests (~1 min on one)."""
     full = Recipe(seed=seed)
     return replace(full, steps=100, batch_size=64, warmup_steps=10, lr=2e-3) if quick else full
 
