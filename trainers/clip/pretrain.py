@@ -82,7 +82,7 @@ def _initialise(model: nn.Module, recipe: Recipe, generator: torch.Generator) ->
     proj_std = width ** -0.5 * (2 * recipe.layers) ** -0.5
     stds = {
         "token_embedding.weight": 0.02, "positional_embedding": 0.01, "text_projection": width ** -0.5,
-        "visual.class_embedding": width ** -0.5, "visual.positional_embedding": width ** -0.5,
+        "visual.class_embedding": width ** -0.5, "visual.positional_embedding": 0.01,  # as the text's
         "visual.proj": width ** -0.5, "visual.conv1.weight": (3 * patch * patch) ** -0.5,
         "attn.in_proj_weight": attn_std, "attn.out_proj.weight": proj_std,
         "mlp.c_fc.weight": (2 * width) ** -0.5, "mlp.c_proj.weight": proj_std,
@@ -96,7 +96,7 @@ def _initialise(model: nn.Module, recipe: Recipe, generator: torch.Generator) ->
             elif name.endswith("bias"):
                 param.zero_()
             else:
-                std = next((s for key, s in stds.items() if name == key or name.endswith("." + key)), None)
+                std = stds.get(name, next((s for key, s in stds.items() if name.endswith("." + key)), None))
                 if std is None:
                     raise ValueError(f"no initialisation rule for parameter {name}")
                 param.copy_(torch.randn(param.shape, generator=generator) * std)
