@@ -15,15 +15,14 @@ Distributed data-parallel training on the built-in engine (docs/distributed.md):
 
 DATALOADER.TRAIN_X.BATCH_SIZE stays the global batch size; rank 0 logs, saves and evaluates.
 """
-import argparse
 import os
 import sys
+import time
 
 if os.environ.get("RANK", "0") not in ("", "0"):  # torchrun ranks > 0 show no progress bars (read at tqdm import)
     os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
 try:
     import engine
@@ -32,114 +31,18 @@ except Exception as exc:  # MIXPROMPT_ENGINE misconfigured: say so without a tra
         print(f"ERROR: {exc}", file=sys.stderr)
         sys.exit(2)
     raise
-from engine import (UserError, build_trainer, collect_env_info, get_cfg_default, set_random_seed,  # noqa: E402
-                    setup_logger)
+from engine import UserError, build_trainer, collect_env_info, set_random_seed, setup_logger  # noqa: E402
 from engine.distributed import (barrier, broadcast_from_main, check_distributed_support,  # noqa: E402
                                 describe_distributed, destroy_distributed, init_distributed_from_env,
                                 is_main_process, requested_world_size)
-from engine.errors import ConfigError  # noqa: E402
 from engine.utils import check_wandb_cfg, quiet_other_ranks  # noqa: E402
 from engine.data.image_check import check_dataset_images  # noqa: E402
 from engine.data.manager import cap_num_workers  # noqa: E402
 from engine.errors import fault_exit, quiet_fixable_thread_errors  # noqa: E402
 from engine.run_lock import hold_run_lock  # noqa: E402
 
-import datasets  # noqa: F401,E402  (registers datasets)
-import trainers  # noqa: F401,E402  (registers trainers)
-
-
-def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", type=str, default="", help="path to dataset")
-    parser.add_argument("--output-dir", type=str, default="", help="output directory")
-    parser.add_argument("--resume", type=str, default="", help="checkpoint directory (from which the training resumes)")
-    parser.add_argument("--seed", type=int, default=-1, help="only non-negative value enables a fixed seed")
-    parser.add_argument("--source-domains", type=str, nargs="+", help="source domains for DA/DG")
-    parser.add_argument("--target-domains", type=str, nargs="+", help="target domains for DA/DG")
-    parser.add_argument("--transforms", type=str, nargs="+", help="data augmentation methods")
-    parser.add_argument("--config-file", type=str, default="", help="path to config file")
-    parser.add_argument("--dataset-config-file", type=str, default="", help="path to config file for dataset setup")
-    parser.add_argument("--trainer", type=str, default="", help="name of trainer")
-    parser.add_argument("--backbone", type=str, default="", help="name of CNN backbone")
-    parser.add_argument("--head", type=str, default="", help="name of head")
-    parser.add_argument("--eval-only", action="store_true", help="evaluation only")
-    parser.add_argument("--model-dir", type=str, default="", help="load model from this directory for eval-only mode")
-    parser.add_argument("--load-epoch", type=int, help="load model weights at this epoch for evaluation")
-    parser.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
-    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
-                        help="modify config options using the command-line")
-    return parser
-
-
-def _yacs_error(exc, where):
-    """Turn yacs' KeyError / ValueError / AssertionError into a ConfigError naming the source."""
-    msg = exc.args[0] if exc.args else str(exc)
-    if isinstance(exc, (KeyError, AssertionError)) and "Non-existent" in str(msg):
-        key = str(msg).split(":", 1)[-1].strip()
-        return ConfigError(f"Unknown config key {key} in {where}. Keys must exist in the defaults; check the "
-                           "spelling (trainer keys live under TRAINER.<NAME>, e.g. TRAINER.COOP.N_CTX).")
-    if isinstance(exc, ValueError) and str(msg).startswith("Type mismatch (<class 'str'> vs."):
-        key = str(msg).rsplit(":", 1)[-1].strip()  # a string key given a number (e.g. a year)
-        return ConfigError(f"Wrong type in {where}: {msg}. {key} takes a string: quote a value that looks like "
-                           f"a number, e.g. {key} \"'2021'\" on the command line, {key}: \"2021\" in YAML.")
-    if isinstance(exc, ValueError) and "Type mismatch" in str(msg):
-        return ConfigError(f"Wrong type in {where}: {msg}. Write floats with a decimal point (0.002, 1e-3) "
-                           "and integers without one.")
-    return ConfigError(f"Invalid config in {where}: {type(exc).__name__}: {msg}")
-
-
-def merge_file(cfg, path, what):
-    if not os.path.isfile(path):
-        raise ConfigError(f'{what} "{path}" does not exist')
-    try:
-        cfg.merge_from_file(path)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f'{what} "{path}" is not valid YAML: {exc}') from None
-    except (KeyError, ValueError, AssertionError, TypeError) as exc:
-        raise _yacs_error(exc, f'{what} "{path}"') from None
-
-
-def reset_cfg(cfg, args):
-    if args.root:
-        cfg.DATASET.ROOT = args.root
-    if args.output_dir:
-        cfg.OUTPUT_DIR = args.output_dir
-    if args.resume:
-        cfg.RESUME = args.resume
-    if args.seed >= 0:
-        cfg.SEED = args.seed
-    if args.source_domains:
-        cfg.DATASET.SOURCE_DOMAINS = args.source_domains
-    if args.target_domains:
-        cfg.DATASET.TARGET_DOMAINS = args.target_domains
-    if args.transforms:
-        cfg.INPUT.TRANSFORMS = args.transforms
-    if args.trainer:
-        cfg.TRAINER.NAME = args.trainer
-    if args.backbone:
-        cfg.MODEL.BACKBONE.NAME = args.backbone
-    if args.head:
-        cfg.MODEL.HEAD.NAME = args.head
-
-
-def setup_cfg(args):
-    cfg = get_cfg_default()
-    trainers.extend_cfg(cfg)
-    datasets.extend_cfg(cfg)
-    if args.dataset_config_file:
-        merge_file(cfg, args.dataset_config_file, "dataset config file")
-    if args.config_file:
-        merge_file(cfg, args.config_file, "config file")
-    reset_cfg(cfg, args)
-    opts = args.opts or []
-    if len(opts) % 2:
-        raise ConfigError(f"Command-line options must be KEY VALUE pairs; got an odd number: {opts}")
-    try:
-        cfg.merge_from_list(opts)
-    except (KeyError, ValueError, AssertionError, TypeError) as exc:
-        raise _yacs_error(exc, "the command-line options") from None
-    cfg.freeze()
-    return cfg
+from trainers.cli import build_parser, setup_cfg  # noqa: E402  (registers datasets and trainers)
+from trainers.runs import build_record, write_record  # noqa: E402
 
 
 def print_header(args, cfg):
@@ -210,14 +113,18 @@ def main(args):
         save_resolved_config(cfg)
         print("Collecting env info ...")
         print(f"** System info **\n{collect_env_info()}\n")
+    started = time.time()
     trainer = build_trainer(cfg)
     check_dataset_images(trainer.dm.dataset)  # every split, before any training or evaluation
     if args.eval_only:
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
         evaluate_on_main(trainer)
-        return
-    if not args.no_train:
+    elif not args.no_train:
         trainer.train()
+    else:
+        return
+    if is_main_process():  # the run's record, written last: its presence marks the run finished
+        write_record(cfg.OUTPUT_DIR, build_record(cfg, args, trainer, started))
 
 
 def report_user_error(exc):

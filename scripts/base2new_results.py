@@ -4,12 +4,13 @@
 
 Layout read (scripts/*/base2new_train.sh and base2new_test.sh):
 
-    ROOT/train_base/<DATASET>/shots_<S>/<TRAINER>/<CFG>/seed<N>/log.txt*   base accuracy: the last
-        "* accuracy: X%" after "Finish training" (the final test of the training run, on the base classes)
-    ROOT/test_new/<same tail>/log.txt*                                      new accuracy: the last
-        "* accuracy: X%" after "=> result" (the evaluation on the new classes)
+    ROOT/train_base/<DATASET>/shots_<S>/<TRAINER>/<CFG>/seed<N>/   base accuracy: the final test of the
+        training run, on the base classes
+    ROOT/test_new/<same tail>/                                      new accuracy: the evaluation on the
+        new classes
 
-A folder with several logs (a re-run writes ``log.txt-<timestamp>``) counts its newest finished log.
+Each run's accuracy is read from its record (``result.json``; ``trainers/runs.py``), or for folders written
+by CoOp itself from its newest log with a final "* accuracy: X%".
 Per (dataset, shots, trainer, config): base and new are the means over the seeds that have both results,
 and H = 2 * base * new / (base + new) is the harmonic mean of those *means* (CoCoOp's tables), not the mean
 of per-seed H. Seeds with only one of the two results are listed below the table and left out.
@@ -22,31 +23,15 @@ import os
 import re
 import sys
 from collections import defaultdict
+from pathlib import Path
 
-ACCURACY = re.compile(r"^\* accuracy: ([0-9.eE+-]+)%", re.M)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from trainers.runs import EVAL_SIGNAL, TRAIN_SIGNAL, final_result  # noqa: E402
+
 SEED_DIR = re.compile(r"^seed(-?\d+)$")
-TRAIN_SIGNAL = "Finish training"
-TEST_SIGNAL = "=> result"
-
-
-def log_accuracy(text, signal):
-    """The last "* accuracy: X%" after the first line starting with ``signal``; None when there is none."""
-    match = re.search(r"^" + re.escape(signal), text, re.M)
-    if match is None:
-        return None
-    values = ACCURACY.findall(text[match.end():])
-    return float(values[-1]) if values else None
-
-
-def run_accuracy(folder, signal):
-    """Accuracy of a run folder: from its newest log.txt* that has a final result; None if unfinished."""
-    logs = sorted(glob.glob(os.path.join(folder, "log.txt*")), key=os.path.getmtime, reverse=True)
-    for path in logs:
-        with open(path, errors="replace") as f:
-            value = log_accuracy(f.read(), signal)
-        if value is not None:
-            return value
-    return None
 
 
 def resolve_root(root):
@@ -61,7 +46,7 @@ def resolve_root(root):
 def collect(root):
     """{(dataset, shots, trainer, config): {seed: {"base": acc or None, "new": acc or None}}}."""
     runs = defaultdict(lambda: defaultdict(dict))
-    for side, signal in (("train_base", TRAIN_SIGNAL), ("test_new", TEST_SIGNAL)):
+    for side, signal in (("train_base", TRAIN_SIGNAL), ("test_new", EVAL_SIGNAL)):
         key_name = "base" if side == "train_base" else "new"
         for seed_dir in sorted(glob.glob(os.path.join(root, side, "*", "*", "*", "*", "seed*"))):
             match = SEED_DIR.match(os.path.basename(seed_dir))
@@ -70,7 +55,7 @@ def collect(root):
             tail = os.path.relpath(os.path.dirname(seed_dir), os.path.join(root, side))
             dataset, shots, trainer, config = tail.split(os.sep)
             shots = shots[len("shots_"):] if shots.startswith("shots_") else shots
-            runs[(dataset, shots, trainer, config)][int(match.group(1))][key_name] = run_accuracy(seed_dir, signal)
+            runs[(dataset, shots, trainer, config)][int(match.group(1))][key_name] = final_result(seed_dir, signal)
     return runs
 
 

@@ -40,14 +40,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # the trainers' progress bars would 
 import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
-MP_CONFIG = "configs/trainers/MixPrompt/vit_b16.yaml"
-CONFIGS = {
-    "ZeroshotCLIP": "configs/trainers/CoOp/vit_b16.yaml",
-    "CoOp": "configs/trainers/CoOp/vit_b16.yaml",
-    "CoCoOp": "configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1.yaml",
-    "MixPrompt": MP_CONFIG,
-}
-CONFIG_NODES = {"ZeroshotCLIP": "ZSCLIP", "CoOp": "COOP", "CoCoOp": "COCOOP", "MixPrompt": "MIXPROMPT"}
+from trainers import registry  # noqa: E402  (every trainer: its config node, default config, bench rows)
+
+DEFAULT_METHODS = ("ZeroshotCLIP", "CoOp", "CoCoOp", "MixPrompt")
 AUTO_ESTIMATE_PROMPTS = 16_000
 TARGETS = {  # issue 8's bars, checked (not asserted) in the summary
     "trim_speedup": (">=", 2.0),
@@ -66,6 +61,9 @@ def build_parser():
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--prec", default="fp32", help="TRAINER.<NAME>.PREC of every trainer (fp32, fp16, amp, bf16)")
     p.add_argument("--classes", type=int, default=196, help="C of sections 1, 2 and 4 (Stanford Cars: 196)")
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="TRAINER",
+                   help=f"trainers of section 2 (any of {' '.join(registry.trainer_names())}); default: "
+                   f"{' '.join(DEFAULT_METHODS)}")
     p.add_argument("--K", type=int, nargs="+", default=[8, 32], help="sub-prompts per class in section 2")
     p.add_argument("--batch", type=int, default=32, help="training batch size")
     p.add_argument("--n-ctx", type=int, default=16, help="context tokens of CoOp, CoCoOp and token-space MixPrompt")
@@ -189,30 +187,26 @@ class Workspace:
         return self.roots[key]
 
     def trainer(self, name, root, shots, opts=()):
-        import train
         from engine import build_trainer, set_random_seed
+        from trainers.cli import build_parser, setup_cfg
 
-        node = CONFIG_NODES[name]
+        trainer = registry.get_trainer(name)
+        node = trainer.cfg_node
         argv = ["--root", root, "--trainer", name, "--seed", "1",
                 "--dataset-config-file", str(REPO_ROOT / "configs/datasets/stanford_cars.yaml"),
-                "--config-file", str(REPO_ROOT / CONFIGS[name]), "--output-dir", str(self.folder / "out"),
+                "--config-file", str(REPO_ROOT / registry.config_path(trainer, trainer.default_config)),
+                "--output-dir", str(self.folder / "out"),
                 "MODEL.BACKBONE.NAME", self.backbone, "DATASET.NUM_SHOTS", str(shots),
                 "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", str(self.args.batch),
                 "DATALOADER.TEST.BATCH_SIZE", "100", "USE_CUDA", str(self.device.type == "cuda"),
                 f"TRAINER.{node}.PREC", self.args.prec, *opts]
         with contextlib.redirect_stdout(self.log):
-            cfg = train.setup_cfg(train.build_parser().parse_args(argv))
+            cfg = setup_cfg(build_parser().parse_args(argv))
             set_random_seed(cfg.SEED)
             return build_trainer(cfg)
 
     def quiet(self):
         return contextlib.redirect_stdout(self.log)
-
-
-def prompt_opts(name, n_ctx):
-    """The --n-ctx context length for a prompt learner (no init words, so N_CTX is what it says)."""
-    node = CONFIG_NODES[name]
-    return [] if name == "ZeroshotCLIP" else [f"TRAINER.{node}.N_CTX", str(n_ctx), f"TRAINER.{node}.CTX_INIT", ""]
 
 
 def training_step(ws, trainer):
@@ -234,7 +228,7 @@ def training_step(ws, trainer):
 def bench_text(ws, args, meter):
     """Section 1: CoOp's C prompts through the text encoder, trimmed vs padded to 77 (forward, no grad)."""
     root = ws.data_root(args.classes, 1, args.test_per_class)
-    trainer = ws.trainer("CoOp", root, 1, prompt_opts("CoOp", args.n_ctx))
+    trainer = ws.trainer("CoOp", root, 1, registry.get_trainer("CoOp").context_opts(args.n_ctx))
     model = trainer.model
     encoder = model.text_encoder
     prompts, tokens = model.prompt_learner().detach(), model.prompt_learner.tokens.tokenized_prompts
@@ -258,11 +252,10 @@ def bench_text(ws, args, meter):
 
 def method_variants(args):
     """(row name, trainer, opts) of section 2."""
-    rows = [("ZeroshotCLIP", "ZeroshotCLIP", []), ("CoOp", "CoOp", []), ("CoCoOp", "CoCoOp", [])]
-    for k in args.K:
-        common = ["TRAINER.MIXPROMPT.K", str(k), "TRAINER.MIXPROMPT.INIT", "random"]
-        rows.append((f"MixPrompt feature K{k}", "MixPrompt", common + ["TRAINER.MIXPROMPT.OFFSET_SPACE", "feature"]))
-        rows.append((f"MixPrompt token K{k}", "MixPrompt", common + ["TRAINER.MIXPROMPT.OFFSET_SPACE", "token"]))
+    rows = []
+    for name in args.methods:
+        trainer = registry.get_trainer(name)
+        rows += [(label, trainer.__name__, opts) for label, opts in trainer.bench_variants(args.K, args.n_ctx)]
     return rows
 
 
@@ -273,9 +266,9 @@ def bench_methods(ws, args, meter):
     rows = []
     for label, name, opts in method_variants(args):
         progress(f"  {label}")
-        trainer = ws.trainer(name, root, shots, prompt_opts(name, args.n_ctx) + opts)
+        trainer = ws.trainer(name, root, shots, opts)
         row = {"method": label, "step_seconds": None, "step_peak_bytes": None}
-        if name != "ZeroshotCLIP":
+        if registry.get_trainer(name).few_shot:
             row["step_seconds"], row["step_peak_bytes"] = measure(training_step(ws, trainer), ws.device, meter,
                                                                   args.warmup, args.reps)
 
@@ -309,7 +302,7 @@ def bench_large(ws, args, meter):
     rows = []
     for label, opts in settings:
         progress(f"  C {args.large_classes} K {k}: {label}")
-        trainer = ws.trainer("MixPrompt", root, 1, prompt_opts("MixPrompt", args.n_ctx) + base + opts)
+        trainer = ws.trainer("MixPrompt", root, 1, registry.get_trainer("MixPrompt").context_opts(args.n_ctx) + base + opts)
         row = {"setting": label, "prompts_per_step": args.large_classes * k}
         if "class sample" in label:
             row["prompts_per_step"] = min(args.class_sample, args.large_classes) * k
@@ -338,7 +331,7 @@ def estimate_unchunked(ws, args, meter, opts):
     text side's activations are linear in the number of prompts)."""
     classes = max(1, args.large_classes // 8)
     root = ws.data_root(classes, 1, 1)
-    trainer = ws.trainer("MixPrompt", root, 1, prompt_opts("MixPrompt", args.n_ctx) + opts)
+    trainer = ws.trainer("MixPrompt", root, 1, registry.get_trainer("MixPrompt").context_opts(args.n_ctx) + opts)
     seconds, peak = measure(training_step(ws, trainer), ws.device, meter, 0, 1)
     scale = args.large_classes / classes
     return {"step_seconds": seconds * scale, "step_peak_bytes": int(peak * scale), "estimated": True}
@@ -454,6 +447,11 @@ def main(argv=None):
     for name in ("classes", "batch", "n_ctx", "reps", "large_classes", "large_K", "chunk", "shots"):
         if getattr(args, name) < 1:
             raise SystemExit(f"ERROR: --{name.replace('_', '-')} must be >= 1")
+    for name in args.methods:
+        try:
+            registry.get_trainer(name)
+        except KeyError:
+            raise SystemExit(f"ERROR: --methods: unknown trainer {name!r}; known: {' '.join(registry.trainer_names())}")
     if args.threads:
         torch.set_num_threads(args.threads)
     sys.path.insert(0, str(REPO_ROOT / "scripts"))

@@ -15,12 +15,10 @@ averaged; purity favours K > M splits, NMI does not) as mean +- std over seeds.
 import argparse
 import contextlib
 import json
-import math
 import os
 import re
 import sys
 import time
-from collections import Counter, defaultdict
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +27,9 @@ if str(REPO_ROOT) not in sys.path:
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 from tabulate import tabulate  # noqa: E402
+
+from trainers.mixprompt_diagnostics import mode_recovery  # noqa: E402
+from trainers.runs import final_result, is_finished  # noqa: E402
 
 MP = "configs/trainers/MixPrompt/vit_b16.yaml"
 ORIGINAL = "configs/trainers/MixPrompt/original.yaml"
@@ -102,18 +103,6 @@ def train_argv(args, setting, k, seed, out_dir, weights):
             "--config-file", str(REPO_ROOT / config), "--output-dir", out_dir, *opts]
 
 
-def finished_accuracy(out_dir):
-    """Final test accuracy of a finished run folder (newest log), or None."""
-    logs = sorted(Path(out_dir).glob("log.txt*"), key=os.path.getmtime)
-    for log in reversed(logs):
-        text = log.read_text()
-        if "Finish training" in text:
-            found = ACCURACY.findall(text.split("Finish training")[-1])
-            if found:
-                return float(found[-1])
-    return None
-
-
 def run_one(argv):
     """train.py's main, in this process, with its console output kept to the run's log file."""
     import train
@@ -128,43 +117,8 @@ def run_one(argv):
                 sys.stdout.close()
 
 
-def entropy(counts):
-    total = sum(counts)
-    return -sum(c / total * math.log(c / total) for c in counts if c)
-
-
-def nmi(truth, pred):
-    """Normalised mutual information (arithmetic normalisation, as scikit-learn's default)."""
-    h_t, h_p = entropy(Counter(truth).values()), entropy(Counter(pred).values())
-    if h_t == 0 and h_p == 0:
-        return 1.0
-    joint = entropy(Counter(zip(truth, pred)).values())
-    mutual = h_t + h_p - joint
-    return 0.0 if h_t + h_p == 0 else max(0.0, 2 * mutual / (h_t + h_p))
-
-
-def purity(truth, pred):
-    """Share of images whose sub-prompt's majority true mode is their own."""
-    groups = defaultdict(list)
-    for t, p in zip(truth, pred):
-        groups[p].append(t)
-    return sum(Counter(g).most_common(1)[0][1] for g in groups.values()) / len(truth)
-
-
-def mode_recovery(summary, true_mode):
-    """Mean over classes of NMI and purity between arg-max sub-prompts and true modes."""
-    by_class = defaultdict(lambda: ([], []))
-    a = summary["assignments"]
-    for impath, label, sub in zip(a["impath"], a["label"], a["subprompt"]):
-        by_class[label][0].append(true_mode[impath])
-        by_class[label][1].append(sub)
-    nmis = [nmi(t, p) for t, p in by_class.values()]
-    purities = [purity(t, p) for t, p in by_class.values()]
-    return sum(nmis) / len(nmis), sum(purities) / len(purities)
-
-
 def collect(out_dir, true_mode):
-    result = {"accuracy": finished_accuracy(out_dir)}
+    result = {"accuracy": final_result(out_dir)}
     summary_path = os.path.join(out_dir, "diagnostics_summary.json")
     if os.path.isfile(summary_path):
         with open(summary_path) as f:
@@ -172,7 +126,7 @@ def collect(out_dir, true_mode):
         for key in ("feature_cos", "offset_cos", "eff_k", "top1_share", "dead"):
             result[key] = summary[key]
         result["collapsed"] = float(summary["collapsed"])
-        result["nmi"], result["purity"] = mode_recovery(summary, true_mode)
+        result["nmi"], result["purity"] = mode_recovery(summary["assignments"], true_mode)
     return result
 
 
@@ -213,7 +167,7 @@ def main(argv=None):
         out_dir = os.path.join(args.out, setting, f"k{k}" if k else "single", f"seed{seed}")
         argv_run = train_argv(args, setting, k, seed, out_dir, weights)
         t0 = time.time()
-        reused = finished_accuracy(out_dir) is not None
+        reused = is_finished(out_dir)
         if not reused:
             run_one(argv_run)
         if true_mode is None:

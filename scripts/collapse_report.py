@@ -8,7 +8,7 @@ A run is a folder holding ``diagnostics.jsonl`` (one JSON object per epoch, writ
 trainer). The table has one row per run, from its last epoch: run (path under ROOT), dataset, K, epoch,
 offset_cos, feature_cos, eff_k, top1_share, dead and collapsed (with the number of collapsed classes; the
 rule is printed under the table and defined in ``trainers/mixprompt_diagnostics.py``). Dataset and K come
-from the run's config.yaml (as in ``parse_results.py``).
+from the run's record or config.yaml (``trainers/run_index.py``, as for ``parse_results.py``).
 
 ``--plot DIR`` writes, per run (file names = the run path with ``/`` -> ``__``):
 - ``<run>_diagnostics.png``: every diagnostic over the epochs, with the collapse thresholds;
@@ -32,18 +32,22 @@ import signal
 import sys
 from pathlib import Path
 
-SCRIPTS = Path(__file__).resolve().parent
-REPO_ROOT = SCRIPTS.parent
-if str(SCRIPTS) not in sys.path:
-    sys.path.insert(0, str(SCRIPTS))
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
 
-import parse_results as pr  # noqa: E402
+from trainers import run_index  # noqa: E402
+from trainers.mixprompt_diagnostics import DEFAULT_COLLAPSE_FEATURE_COS, DEFAULT_COLLAPSE_TOP1_SHARE  # noqa: E402
 
 DIAGNOSTICS_FILE = "diagnostics.jsonl"
 SUMMARY_FILE = "diagnostics_summary.json"
 METRICS = ("offset_cos", "feature_cos", "eff_k", "top1_share", "dead")
 HEADERS = ["run", "dataset", "K", "epoch", *METRICS, "collapsed"]
-DEFAULT_THRESHOLDS = {"feature_cos": 0.98, "top1_share": 0.9}
+DEFAULT_THRESHOLDS = {"feature_cos": DEFAULT_COLLAPSE_FEATURE_COS, "top1_share": DEFAULT_COLLAPSE_TOP1_SHARE}
+
+
+def fmt(value, digits=2):
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -80,13 +84,13 @@ def load_diagnostic_run(run_dir, root):
     if os.path.isfile(summary_path):
         with open(summary_path) as f:
             summary = json.load(f)
-    if pr.log_files(run_dir):
-        meta = pr.load_run(run_dir, root)
+    if run_index.log_files(run_dir) or os.path.isfile(os.path.join(run_dir, run_index.RESULT_FILE)):
+        meta = run_index.load_run(run_dir, root)
     else:  # diagnostics without a log: what CoOp's path layout says
         rel = os.path.relpath(run_dir, root)
-        path_meta = pr.infer_from_path([] if rel == "." else list(Path(rel).parts))
+        path_meta = run_index.infer_from_path([] if rel == "." else list(Path(rel).parts))
         dataset = path_meta.get("dataset", "?")
-        meta = {"run": rel, "dataset": pr.DATASET_NAMES.get(dataset, dataset),
+        meta = {"run": rel, "dataset": run_index.DATASET_NAMES.get(dataset, dataset),
                 "config": path_meta.get("config", "?"), "seed": path_meta.get("seed"), "settings": None}
     settings = meta.get("settings") or {}
     last = epochs[-1]
@@ -120,7 +124,7 @@ def table_rows(runs, digits=4):
         if count is not None:
             flag += f" ({count}/{n} classes)"
         rows.append([r["run"], r["dataset"], d.get("K"), epoch,
-                     *[pr.fmt(d.get(m), 2 if m == "dead" else (3 if m == "eff_k" or m == "top1_share" else digits))
+                     *[fmt(d.get(m), 2 if m == "dead" else (3 if m == "eff_k" or m == "top1_share" else digits))
                        for m in METRICS], flag])
     return rows
 
@@ -162,8 +166,6 @@ def rebuild_subprompt_cos(run_dir):
     """(cos (C, K, K) as nested lists, class names, epoch) by rebuilding the model from the run's config and
     loading its last checkpoint (``trainers/run_folder.py``). Raises with a readable message when that is
     impossible."""
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
     import torch
 
     from trainers.run_folder import load_trained
@@ -248,7 +250,7 @@ def plot_diagnostics(plt, run, path):
     axes.flat[-1].axis("off")
     last = run["last"]
     axes.flat[-1].text(0, 0.5, "last epoch:\n" + "\n".join(
-        f"{m} = {pr.fmt(last.get(m), 3)}" for m in METRICS) + f"\ncollapsed = {bool(last.get('collapsed'))}",
+        f"{m} = {fmt(last.get(m), 3)}" for m in METRICS) + f"\ncollapsed = {bool(last.get('collapsed'))}",
         fontsize=10, va="center", family="monospace")
     fig.suptitle(f"Collapse diagnostics over epochs: {run['run']} (K={k}, training images)", fontsize=12)
     fig.tight_layout(rect=(0, 0, 1, 0.95))

@@ -46,60 +46,23 @@ check_fewshot_settings() {
     local s; for s in $SEEDS; do [[ $s =~ ^[0-9]+$ ]] || fail "SEEDS must be non-negative integers, got \"$s\""; done
 }
 
-# finished DIR SIGNAL: some log.txt* in DIR (log.txt-<time> are the logs of re-runs) has a line starting
-# with SIGNAL, later followed by "* accuracy: X%" -- what CoOp's parse_test_res.py reads.
-finished() {
-    local log
-    for log in "$1"/log.txt*; do
-        [ -f "$log" ] || continue
-        if awk -v sig="$2" 'index($0, sig) == 1 { seen = 1 }
-                            seen && /^\* accuracy: [0-9.eE+-]+%/ { found = 1 }
-                            END { exit !found }' "$log"; then
-            return 0
-        fi
-    done
-    return 1
-}
+# finished DIR: the run in DIR is finished (trainers/runs.py, the one home of that rule: its result.json
+# exists; for a folder written by CoOp itself, its log shows the final "* accuracy: X%")
+finished() { (cd "$REPO" && "$PYTHON" -m trainers.runs "$1"); }
 
-# run_seeds LABEL RUN_PARENT SCRIPT_OPTS... -- USER_OPTS...
-# One few-shot training run per seed in $SEEDS, into RUN_PARENT/seed<SEED>, with $TRAINER, $CFG
-# (configs/trainers/$TRAINER/$CFG.yaml), $DATASET, $DATA and $SHOTS; the script's own opts, then the
-# user's. A finished run is skipped with CoOp's message, an unfinished one is run again into its folder
-# (train.py resumes from the latest checkpoint). Stops with train.py's exit status at the first failure.
-run_seeds() {
-    local label=$1 parent=$2 n i=0 SEED DIR rc
-    shift 2
-    local script_opts=()
-    while [ $# -gt 0 ] && [ "$1" != "--" ]; do script_opts+=("$1"); shift; done
+# run_sweep TRAINER SWEEP_FLAGS... -- USER_OPTS...
+# The script's runs through scripts/sweep.py (the one home of the run layout): $DATASET, $DATA, $OUTPUT,
+# $CFG and $TAG, the script's own sweep flags (e.g. --shots "$SHOTS" --seeds $SEEDS --K "$K"), then the
+# user's KEY VALUE opts. A finished run is skipped with CoOp's message, an unfinished one is run again into
+# its folder (train.py resumes from the latest checkpoint). Stops with train.py's exit status at the first
+# failure.
+run_sweep() {
+    local trainer=$1
+    shift
+    local flags=()
+    while [ $# -gt 0 ] && [ "$1" != "--" ]; do flags+=("$1"); shift; done
     [ $# -gt 0 ] && shift
-    n=$(echo $SEEDS | wc -w)
-    for SEED in $SEEDS; do
-        i=$((i + 1))
-        DIR=$parent/seed$SEED
-        if finished "$DIR" "Finish training"; then
-            echo "Oops! The results exist at $DIR (so skip this job)"
-            continue
-        fi
-        if [ -d "$DIR" ]; then
-            echo "==> [$i/$n] $label seed $SEED: unfinished run at $DIR, running it again (resumes from its latest checkpoint)"
-        else
-            echo "==> [$i/$n] $label seed $SEED -> $DIR"
-        fi
-        "$PYTHON" "$REPO/train.py" \
-            --root "$DATA" \
-            --seed "$SEED" \
-            --trainer "$TRAINER" \
-            --dataset-config-file "$REPO/configs/datasets/$DATASET.yaml" \
-            --config-file "$REPO/configs/trainers/$TRAINER/$CFG.yaml" \
-            --output-dir "$DIR" \
-            DATASET.NUM_SHOTS "$SHOTS" \
-            "${script_opts[@]}" "$@"
-        rc=$?
-        if [ $rc -ne 0 ]; then
-            echo "ERROR: $label seed $SEED failed (train.py exit status $rc); output folder: $DIR." >&2
-            echo "       Later seeds were not run. Fix the cause and run this command again: finished runs are skipped, this one resumes." >&2
-            exit $rc
-        fi
-    done
-    echo "==> $label: done. Results: python scripts/parse_results.py $OUTPUT/$DATASET"
+    "$PYTHON" "$REPO/scripts/sweep.py" --trainers "$trainer" --datasets "$DATASET" --data "$DATA" \
+        --output "$OUTPUT" --cfg "$CFG" ${TAG:+--tag "$TAG"} --python "$PYTHON" --stop-on-failure \
+        "${flags[@]}" --opts "$@"
 }

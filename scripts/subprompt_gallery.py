@@ -162,6 +162,8 @@ def class_stats(assigned, label, items, modes, thresholds):
     """Per-class numbers and each sub-prompt's row (JSON-ready dict)."""
     import torch
 
+    from trainers.mixprompt_diagnostics import class_statistics
+
     subprompts = assigned["subprompts"][label]  # (K, D)
     k = subprompts.shape[0]
     sub_cos = (subprompts @ subprompts.T).tolist()  # (K, K)
@@ -174,17 +176,10 @@ def class_stats(assigned, label, items, modes, thresholds):
         return impath, (modes or {}).get(impath)
 
     rows = [subprompt_row(j, own, cos, winner, sub_cos, image_of) for j in range(k)]
-    n = len(mine)
-    share = [row["count"] / n if n else 0.0 for row in rows]
-    for row, value in zip(rows, share):
+    stats = class_statistics(subprompts, winner, *thresholds)  # the collapse statistics, as in training
+    for row, value in zip(rows, stats["usage"]):
         row["share"] = value
-    feature_cos = sum(sub_cos[i][j] for i in range(k) for j in range(k) if i != j) / max(k * (k - 1), 1)
-    top1 = max(share) if n else float("nan")
-    return {"label": label, "n_images": n, "usage": share,
-            "eff_k": math.exp(-sum(p * math.log(p) for p in share if p > 0)) if n else float("nan"),
-            "top1_share": top1, "dead": sum(1 for row in rows if row["count"] == 0) if n else None,
-            "feature_cos": feature_cos, "subprompt_cos": sub_cos,
-            "collapsed": bool(n) and (feature_cos >= thresholds[0] or top1 >= thresholds[1]), "subprompts": rows}
+    return {"label": label, "n_images": len(mine), **stats, "subprompt_cos": sub_cos, "subprompts": rows}
 
 
 def known_modes(dataset):

@@ -13,10 +13,11 @@ and ``scripts/zsclip/zeroshot.sh`` give it (docs/scripts.md), in CoOp's layout:
     $OUTPUT/<DATASET>/{CoCoOp,LinearProbeCLIP}/<CFG>[_<TAG>]_<SHOTS>shots/seed<SEED>
     $OUTPUT/ZeroshotCLIP/<CFG>[_ensemble][_<TAG>]/<DATASET>            (no shots, no seeds)
 
-K applies to MixPrompt only, ``--nctx --csc --ctp`` to CoOp only, ``--ensemble`` to ZeroshotCLIP only.
-CFG defaults to each script's default. A finished run (a ``log.txt*`` with ``* accuracy: X%`` after
-``Finish training``; zero-shot: after ``=> result``) is skipped with CoOp's message; an unfinished one is
-run again into its folder, where ``train.py`` resumes from its latest checkpoint.
+The trainers, their default CFG and the flags that name their run folders (``--K`` for MixPrompt,
+``--nctx --csc --ctp`` for CoOp, ``--ensemble`` for ZeroshotCLIP, and whatever a new trainer declares) come
+from the trainers' own declarations (``trainers/registry.py``); the layout and the finished rule from
+``trainers/runs.py``. A finished run (its ``result.json`` matches the run) is skipped with CoOp's message; an
+unfinished one is run again into its folder, where ``train.py`` resumes from its latest checkpoint.
 
 ``--dry-run`` prints the plan (run folder, status pending / partial / finished, command) and runs nothing.
 Before running, every distinct config is assembled once with ``train.py``'s own code, so an unknown key
@@ -36,46 +37,37 @@ Each job runs the run's ``train.py`` command in a subprocess from the repository
 again that the run has not finished meanwhile. Bad input stops with one ``ERROR:`` line, exit status 2.
 """
 import argparse
-import glob
+import itertools
 import os
 import re
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SKIP_MESSAGE = "Oops! The results exist at {} (so skip this job)"
-ACCURACY_LINE = re.compile(r"^\* accuracy: [0-9.eE+-]+%")
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from trainers import registry, runs as run_layout  # noqa: E402
+from trainers.runs import SKIP_MESSAGE  # noqa: E402
+
 POSITIVE_INT = re.compile(r"^[1-9][0-9]*$")
 NON_NEGATIVE_INT = re.compile(r"^[0-9]+$")
 SAFE_TAG = re.compile(r"^[A-Za-z0-9.+-][A-Za-z0-9_.+-]*$")
 SHOTS_KEY = "DATASET.NUM_SHOTS"
-
-
-@dataclass(frozen=True)
-class Method:
-    """What a run script fixes for one trainer: default CFG, config folder and the opts keys it refuses."""
-    default_cfg: str
-    config_dir: str
-    reserved: tuple  # (KEY, the sweep flag that sets it instead)
-    few_shot: bool = True
-
-
-METHODS = {
-    "MixPrompt": Method("vit_b16", "MixPrompt", ((SHOTS_KEY, "--shots"), ("TRAINER.MIXPROMPT.K", "--K"))),
-    "CoOp": Method("vit_b16_ep50", "CoOp", ((SHOTS_KEY, "--shots"), ("TRAINER.COOP.N_CTX", "--nctx"),
-                                           ("TRAINER.COOP.CSC", "--csc"),
-                                           ("TRAINER.COOP.CLASS_TOKEN_POSITION", "--ctp"))),
-    "CoCoOp": Method("vit_b16_c4_ep10_batch1_ctxv1", "CoCoOp", ((SHOTS_KEY, "--shots"),)),
-    "LinearProbeCLIP": Method("vit_b16", "LinearProbeCLIP", ((SHOTS_KEY, "--shots"),)),
-    "ZeroshotCLIP": Method("vit_b16", "CoOp", (("TRAINER.ZSCLIP.ENSEMBLE", "--ensemble"),), few_shot=False),
-}
-# the run scripts' folder names are accepted as trainer names too
-ALIASES = {"zsclip": "ZeroshotCLIP", "linear_probe": "LinearProbeCLIP"}
 # keys the sweep sets from its own flags for every trainer: in --opts they would move or mislabel the run
 ALWAYS_RESERVED = (("SEED", "--seeds"), ("OUTPUT_DIR", "--output"), ("DATASET.ROOT", "--data"))
+
+
+def variant_flags():
+    """{flag: [VariantKey, ...]} over every registered trainer, in registration order."""
+    flags = {}
+    for trainer in registry.all_trainers():
+        for spec in trainer.variant_keys:
+            flags.setdefault(spec.flag, []).append(spec)
+    return flags
 
 
 @dataclass
@@ -83,7 +75,7 @@ class Run:
     label: str
     run_dir: str
     argv: list
-    signal: str  # the line after which the test accuracy marks the run finished
+    expected: dict = field(default_factory=dict)  # what its record must say (trainers.runs.expected_run)
     status: str = "pending"
 
 
@@ -104,20 +96,18 @@ def build_parser():
                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     grid = parser.add_argument_group("grid")
     grid.add_argument("--trainers", nargs="+", required=True, metavar="TRAINER",
-                      help=f"any of {' '.join(METHODS)} (or the scripts' folder names: mixprompt, coop, ...)")
+                      help=f"any of {' '.join(registry.trainer_names())} (or the scripts' folder names: zsclip, ...)")
     grid.add_argument("--datasets", nargs="+", required=True, metavar="DATASET",
                       help="names of configs/datasets/<DATASET>.yaml")
     grid.add_argument("--shots", nargs="+", default=["16"], help="training images per class (default 16)")
     grid.add_argument("--seeds", nargs="+", default=["1", "2", "3"], help="one run each (default 1 2 3)")
-    grid.add_argument("--K", nargs="+", default=None, help="MixPrompt's sub-prompts per class (required with it)")
     grid.add_argument("--cfg", nargs="+", default=[], metavar="[TRAINER=]CFG",
                       help="configs/trainers/<Trainer>/<CFG>.yaml (zero-shot: a CoOp config); CFG alone applies "
                            "to every trainer; default: each script's default")
     grid.add_argument("--tag", default="", help="variant name in the config folder: <CFG>_<TAG>_<SHOTS>shots")
-    grid.add_argument("--nctx", nargs="+", default=["16"], help="CoOp: TRAINER.COOP.N_CTX (default 16)")
-    grid.add_argument("--csc", nargs="+", default=["False"], help="CoOp: TRAINER.COOP.CSC (default False)")
-    grid.add_argument("--ctp", nargs="+", default=["end"], help="CoOp: class token position (default end)")
-    grid.add_argument("--ensemble", nargs="+", default=["False"], help="ZeroshotCLIP: prompt ensemble (default False)")
+    for flag, specs in variant_flags().items():
+        owners = ", ".join(f"{s.key} ({s.help}; default {s.default or 'none: required'})" for s in specs)
+        grid.add_argument(flag, nargs="+", default=None, dest=dest(flag), help=f"sets {owners}")
     grid.add_argument("--data", default="data", help="dataset root, train.py --root (default data)")
     grid.add_argument("--output", default="output", help="output root (default output)")
     grid.add_argument("--python", default=sys.executable, help="interpreter for train.py (default: this one)")
@@ -165,12 +155,15 @@ def absolute(path):
     return f"{pwd if same else os.getcwd()}/{path}"
 
 
+def dest(flag):
+    return "variant_" + flag.lstrip("-").replace("-", "_")
+
+
 def canonical_trainer(name):
-    names = {n.lower(): n for n in METHODS}
-    names.update(ALIASES)
-    if name.lower() not in names:
-        fail(f"unknown trainer {name!r}; known: {', '.join(METHODS)}")
-    return names[name.lower()]
+    try:
+        return registry.get_trainer(name).__name__
+    except KeyError:
+        fail(f"unknown trainer {name!r}; known: {', '.join(registry.trainer_names())}")
 
 
 def check_values(flag, values, pattern, what):
@@ -182,14 +175,15 @@ def check_values(flag, values, pattern, what):
 def check_settings(args):
     check_values("--shots", args.shots, POSITIVE_INT, "positive integers")
     check_values("--seeds", args.seeds, NON_NEGATIVE_INT, "non-negative integers")
-    check_values("--nctx", args.nctx, POSITIVE_INT, "positive integers")
-    check_values("--csc", args.csc, re.compile(r"^(True|False)$"), "True or False")
-    check_values("--ctp", args.ctp, re.compile(r"^(end|middle|front)$"), "end, middle or front")
-    check_values("--ensemble", args.ensemble, re.compile(r"^(True|False)$"), "True or False")
-    if args.K is not None:
-        check_values("--K", args.K, POSITIVE_INT, "positive integers")
-    if "MixPrompt" in args.trainers and not args.K:
-        fail("MixPrompt needs --K (sub-prompts per class), e.g. --K 8")
+    for flag, specs in variant_flags().items():
+        for value in getattr(args, dest(flag)) or []:
+            for spec in specs:
+                if not spec.check(value):
+                    fail(f"{flag} must be {spec.what}, got {value!r}")
+    for trainer in args.trainers:
+        for spec in registry.get_trainer(trainer).variant_keys:
+            if spec.default is None and not getattr(args, dest(spec.flag)):
+                fail(f"{trainer} needs {spec.flag} ({spec.key}: {spec.help}), e.g. {spec.flag} 8")
     if args.tag and not SAFE_TAG.match(args.tag):
         fail(f"--tag may hold letters, digits and . _ + - only, got {args.tag!r}")
     for dataset in args.datasets:
@@ -202,7 +196,7 @@ def check_settings(args):
 
 
 def config_path(trainer, cfg):
-    return f"configs/trainers/{METHODS[trainer].config_dir}/{cfg}.yaml"
+    return registry.config_path(registry.get_trainer(trainer), cfg)
 
 
 def configs_by_trainer(trainers, cfg_args):
@@ -219,7 +213,7 @@ def configs_by_trainer(trainers, cfg_args):
                 fail(f"--cfg {entry}: {config_path(trainer, cfg)} does not exist for {trainer}{hint}")
             if cfg not in chosen[trainer]:
                 chosen[trainer].append(cfg)
-    return {trainer: cfgs or [METHODS[trainer].default_cfg] for trainer, cfgs in chosen.items()}
+    return {trainer: cfgs or [registry.get_trainer(trainer).default_config] for trainer, cfgs in chosen.items()}
 
 
 def check_opts(opts, trainers):
@@ -227,8 +221,10 @@ def check_opts(opts, trainers):
     if len(opts) % 2:
         fail(f"--opts must be KEY VALUE pairs; got an odd number: {' '.join(opts)}")
     reserved = dict(ALWAYS_RESERVED)
-    for trainer in trainers:
-        reserved.update(METHODS[trainer].reserved)
+    for trainer in map(registry.get_trainer, trainers):
+        if trainer.few_shot:
+            reserved[SHOTS_KEY] = "--shots"
+        reserved.update((spec.key, spec.flag) for spec in trainer.variant_keys)
     for key in opts[::2]:
         if key in reserved:
             fail(f"set {key} with {reserved[key]}, not in --opts (it names the output folder)")
@@ -241,103 +237,66 @@ def dedupe(values):
 # ---- the plan
 
 def variants(trainer, args):
-    """(folder suffix, the script's own opts, label) per MixPrompt K / CoOp context setting."""
-    if trainer == "MixPrompt":
-        return [(f"/k{k}", ["TRAINER.MIXPROMPT.K", k], f" K={k}") for k in args.K]
-    if trainer == "CoOp":
-        return [(f"/nctx{n}_csc{c}_ctp{p}",
-                 ["TRAINER.COOP.N_CTX", n, "TRAINER.COOP.CSC", c, "TRAINER.COOP.CLASS_TOKEN_POSITION", p],
-                 f" nctx{n}_csc{c}_ctp{p}")
-                for n in args.nctx for c in args.csc for p in args.ctp]
-    return [("", [], "")]
+    """[{key: value}] over the product of the trainer's variant flags (a flag not given: its default)."""
+    specs = registry.get_trainer(trainer).variant_keys
+    values = [getattr(args, dest(spec.flag)) or [spec.default] for spec in specs]
+    return [dict(zip((spec.key for spec in specs), combo)) for combo in itertools.product(*values)]
 
 
-def fewshot_runs(trainer, dataset, cfg, args, data, output):
-    """run_seeds in scripts/common.sh, for every shots value and variant."""
-    runs = []
-    for shots in args.shots:
-        for suffix, script_opts, label in variants(trainer, args):
-            parent = f"{output}/{dataset}/{trainer}/{cfg}{'_' + args.tag if args.tag else ''}_{shots}shots{suffix}"
-            for seed in args.seeds:
-                run_dir = f"{parent}/seed{seed}"
-                argv = [args.python, f"{REPO_ROOT}/train.py", "--root", data, "--seed", seed, "--trainer", trainer,
-                        "--dataset-config-file", f"{REPO_ROOT}/configs/datasets/{dataset}.yaml",
-                        "--config-file", f"{REPO_ROOT}/{config_path(trainer, cfg)}", "--output-dir", run_dir,
-                        SHOTS_KEY, shots, *script_opts, *args.opts]
-                runs.append(Run(f"{trainer} {dataset} {cfg} {shots}shots{label} seed {seed}", run_dir, argv,
-                                "Finish training"))
-    return runs
+def variant_label(trainer, variant):
+    return "".join(f" {spec.flag.lstrip('-')}={variant[spec.key]}" for spec in registry.get_trainer(trainer).variant_keys)
 
 
-def zeroshot_runs(dataset, cfg, args, data, output):
-    """scripts/zsclip/zeroshot.sh: one evaluation per ENSEMBLE value, no shots, no seeds."""
-    runs = []
-    for ensemble in args.ensemble:
-        name = f"{cfg}{'_ensemble' if ensemble == 'True' else ''}{'_' + args.tag if args.tag else ''}"
-        run_dir = f"{output}/ZeroshotCLIP/{name}/{dataset}"
-        argv = [args.python, f"{REPO_ROOT}/train.py", "--root", data, "--trainer", "ZeroshotCLIP",
+def trainer_runs(trainer, dataset, cfg, args, data, output):
+    """Every run of one trainer, dataset and config: shots x variants x seeds (evaluation-only trainers:
+    variants only, no shots and no seeds)."""
+    few_shot = registry.get_trainer(trainer).few_shot
+    cfg_name = f"{cfg}{'_' + args.tag if args.tag else ''}"
+    out = []
+    for shots, variant, seed in itertools.product(args.shots if few_shot else [None], variants(trainer, args),
+                                                  args.seeds if few_shot else [None]):
+        run_dir = run_layout.run_dir(output, trainer, dataset, cfg, variant, shots, seed, args.tag)
+        argv = [args.python, f"{REPO_ROOT}/train.py", "--root", data,
+                *(["--seed", seed] if few_shot else []), "--trainer", trainer,
                 "--dataset-config-file", f"{REPO_ROOT}/configs/datasets/{dataset}.yaml",
-                "--config-file", f"{REPO_ROOT}/{config_path('ZeroshotCLIP', cfg)}", "--output-dir", run_dir,
-                "--eval-only", "TRAINER.ZSCLIP.ENSEMBLE", ensemble, *args.opts]
-        runs.append(Run(f"ZeroshotCLIP {dataset} {name}", run_dir, argv, "=> result"))
-    return runs
+                "--config-file", f"{REPO_ROOT}/{config_path(trainer, cfg)}", "--output-dir", run_dir,
+                *([SHOTS_KEY, shots] if few_shot else ["--eval-only"]),
+                *itertools.chain.from_iterable(variant.items()), *args.opts]
+        label = f"{trainer} {dataset} {cfg_name}" + (f" {shots}shots" if few_shot else "") \
+            + variant_label(trainer, variant) + (f" seed {seed}" if few_shot else "")
+        out.append(Run(label, run_dir, argv, run_layout.expected_run(trainer, dataset, cfg, variant, shots, seed)))
+    return out
 
 
 def expand(args, cfgs):
     data, output = absolute(args.data), absolute(args.output)
-    runs = []
+    planned = []
     for trainer in args.trainers:
         for dataset in args.datasets:
             for cfg in cfgs[trainer]:
-                if METHODS[trainer].few_shot:
-                    runs += fewshot_runs(trainer, dataset, cfg, args, data, output)
-                else:
-                    runs += zeroshot_runs(dataset, cfg, args, data, output)
-    unique = {run.run_dir: run for run in reversed(runs)}  # one run per folder, first occurrence kept
-    return [run for run in runs if unique[run.run_dir] is run]
+                planned += trainer_runs(trainer, dataset, cfg, args, data, output)
+    unique = {run.run_dir: run for run in reversed(planned)}  # one run per folder, first occurrence kept
+    return [run for run in planned if unique[run.run_dir] is run]
 
 
 # ---- finished, partial, pending
 
-def log_has_result(path, signal):
-    """common.sh's finished(): a line starting with SIGNAL, later followed by "* accuracy: X%"."""
-    seen = False
-    with open(path, errors="replace") as f:
-        for line in f:
-            seen = seen or line.startswith(signal)
-            if seen and ACCURACY_LINE.match(line):
-                return True
-    return False
-
-
-def is_finished(run_dir, signal):
-    logs = glob.glob(os.path.join(glob.escape(run_dir), "log.txt*"))
-    return any(os.path.isfile(log) and log_has_result(log, signal) for log in sorted(logs))
-
-
-def set_status(runs):
-    for run in runs:
-        if is_finished(run.run_dir, run.signal):
-            run.status = "finished"
-        else:
-            run.status = "partial" if os.path.isdir(run.run_dir) else "pending"
+def set_status(planned):
+    for run in planned:
+        try:
+            run.status = run_layout.run_status(run.run_dir, run.expected)
+        except run_layout.RunRecordError as exc:
+            fail(str(exc))
 
 
 # ---- config check
 
 def check_configs(runs):
     """Assemble each distinct config with train.py's setup_cfg: bad --opts stop the sweep before any run."""
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    try:
-        import train
-        from engine import UserError
-    except ImportError as exc:  # e.g. a login node without torch: the jobs' interpreter is --python
-        print(f"WARNING: configs not checked, train.py cannot be imported here ({exc}); --no-check hides this",
-              file=sys.stderr)
-        return
+    from engine import UserError
+    from trainers.cli import build_parser, setup_cfg
 
-    parser, checked = train.build_parser(), set()
+    parser, checked = build_parser(), set()
     for run in runs:
         argv = run.argv[2:]
         key = tuple(v for i, v in enumerate(argv) if i == 0 or argv[i - 1] not in ("--seed", "--output-dir"))
@@ -345,7 +304,7 @@ def check_configs(runs):
             continue
         checked.add(key)
         try:
-            train.setup_cfg(parser.parse_args(argv))
+            setup_cfg(parser.parse_args(argv))
         except UserError as exc:
             fail(f"{run.label}: {exc}")
 
@@ -357,10 +316,12 @@ def print_header(args, runs):
     data = absolute(args.data)
     print(f"  DATA={data}" + ("" if os.path.isdir(data) else "  (WARNING: no such folder here)"))
     print(f"  OUTPUT={absolute(args.output)}")
+    given = [f"{flag} {' '.join(getattr(args, dest(flag)))}" for flag in variant_flags() if getattr(args, dest(flag))]
     print(f"  shots {' '.join(args.shots)}, seeds {' '.join(args.seeds)}"
-          + (f", K {' '.join(args.K)}" if args.K else "") + (f", TAG={args.tag}" if args.tag else ""))
-    if "ZeroshotCLIP" in args.trainers:
-        print("  (ZeroshotCLIP has no shots and no seeds: one evaluation per dataset and config)")
+          + "".join(f", {g}" for g in given) + (f", TAG={args.tag}" if args.tag else ""))
+    for trainer in args.trainers:
+        if not registry.get_trainer(trainer).few_shot:
+            print(f"  ({trainer} has no shots and no seeds: one evaluation per dataset and config)")
     print(f"  extra options: {' '.join(args.opts) or 'none'}")
     counts = {s: sum(run.status == s for run in runs) for s in ("finished", "partial", "pending")}
     print(f"  {counts['finished']} finished (skipped), {counts['partial']} partial (run again, resuming), "
@@ -410,9 +371,14 @@ def run_local(todo, stop_on_failure):
     return done, failures, first_rc
 
 
-def job(argv, run_dir, signal, cwd):
-    """What a submitit job runs: train.py in a subprocess, unless the run finished meanwhile."""
-    if is_finished(run_dir, signal):
+def job(argv, run_dir, expected, cwd):
+    """What a submitit job runs: train.py in a subprocess, unless the run finished meanwhile. (Pickled by
+    value: it imports the run rules itself, from the repository ``cwd``.)"""
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    from trainers.runs import is_finished
+
+    if is_finished(run_dir, expected):
         print(SKIP_MESSAGE.format(run_dir), flush=True)
         return "skipped"
     print(f"==> {shlex.join(argv)}", flush=True)
@@ -468,7 +434,7 @@ def make_executor(args, cluster):
 
 
 def submit(executor, runs):
-    return executor.map_array(job, [r.argv for r in runs], [r.run_dir for r in runs], [r.signal for r in runs],
+    return executor.map_array(job, [r.argv for r in runs], [r.run_dir for r in runs], [r.expected for r in runs],
                               [str(REPO_ROOT)] * len(runs))
 
 
@@ -541,7 +507,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     args.trainers = dedupe(canonical_trainer(t) for t in args.trainers)
     args.datasets, args.shots, args.seeds = dedupe(args.datasets), dedupe(args.shots), dedupe(args.seeds)
-    args.K = dedupe(args.K) if args.K else args.K
+    for flag in variant_flags():
+        values = getattr(args, dest(flag))
+        setattr(args, dest(flag), dedupe(values) if values else values)
     check_settings(args)
     cfgs = configs_by_trainer(args.trainers, args.cfg)
     check_opts(args.opts, args.trainers)

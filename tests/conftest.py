@@ -1,6 +1,9 @@
 """Shared fixtures: a tiny seeded CLIP, generated Stanford Cars data, configs built like train.py's."""
 import importlib.util
+import json
 import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -63,12 +66,12 @@ def train_args(trainer, root, output_dir, weights, config="configs/trainers/CoOp
 def build_trainer_for(tiny_clip, cars_root, tmp_path):
     """Build a trainer in-process exactly as train.py would (seeded), returning it."""
     def build(trainer, opts=(), config="configs/trainers/CoOp/vit_b16_ep50.yaml", root=None):
-        import train
         from engine import build_trainer, set_random_seed
+        from trainers.cli import build_parser, setup_cfg
 
-        args = train.build_parser().parse_args(
+        args = build_parser().parse_args(
             train_args(trainer, root or cars_root, str(tmp_path / "out"), tiny_clip, config=config, opts=opts))
-        cfg = train.setup_cfg(args)
+        cfg = setup_cfg(args)
         set_random_seed(cfg.SEED)
         return build_trainer(cfg)
     return build
@@ -82,3 +85,72 @@ def world_clip(tmp_path_factory):
     path = tmp_path_factory.mktemp("world_weights") / "world_clip_quick.pt"
     pretrain_tiny_clip(path, recipe_for(quick=True), progress=False, threads=1)
     return str(path)
+
+
+# ------------------------------------------------------------------------------------------ shared helpers
+ACCURACY = re.compile(r"\* accuracy: ([\d.]+)%")
+
+
+def run_train(args, timeout=300, check=True):
+    env = dict(os.environ, MIXPROMPT_ENGINE="builtin", HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "train.py", *args], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def final_accuracy(text):
+    after = text.split("Finish training")[-1]
+    return float(ACCURACY.findall(after)[-1])
+
+
+def bash(script_args, opts=(), timeout=300, **env):
+    full_env = dict(os.environ, MIXPROMPT_ENGINE="builtin", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+                    PYTHON=sys.executable, **env)
+    return subprocess.run(["bash", *script_args, *opts], cwd=REPO_ROOT, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def skip_line(run_dir):
+    return f"Oops! The results exist at {run_dir} (so skip this job)"
+
+
+FAKE_WANDB = '''
+import json, os
+
+def _record(event, **data):
+    with open(os.environ["FAKE_WANDB_LOG"], "a") as f:
+        f.write(json.dumps({"event": event, "pid": os.getpid(), **data}) + "\\n")
+
+class Run:
+    def __init__(self, run_id):
+        self.id = run_id
+
+    def define_metric(self, name, step_metric=None):
+        _record("define_metric", name=name, step_metric=step_metric)
+
+    def log(self, row):
+        _record("log", row=row)
+
+    def finish(self):
+        _record("finish")
+
+def init(**kwargs):
+    _record("init", kwargs=kwargs)
+    return Run(kwargs.get("id") or "generated")
+'''
+
+
+def fake_wandb_env(tmp_path, log_path):
+    """Environment variables that make ``import wandb`` load the recorder in a subprocess."""
+    folder = tmp_path / "fake_wandb"
+    folder.mkdir(exist_ok=True)
+    (folder / "wandb.py").write_text(FAKE_WANDB)
+    path = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path, "FAKE_WANDB_LOG": str(log_path)}
+
+
+def wandb_events(log_path):
+    with open(log_path) as f:
+        return [json.loads(line) for line in f]

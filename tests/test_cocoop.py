@@ -7,8 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import train_args
-from test_train_e2e import final_accuracy, run_train
+from conftest import final_accuracy, run_train, train_args
 
 CFG = "configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml"
 LEARNED = {"ctx", "meta_net.linear1.weight", "meta_net.linear1.bias", "meta_net.linear2.weight",

@@ -15,26 +15,28 @@ def bench():
     return _load_script("collapse_bench")
 
 
-def test_nmi_and_purity(bench):
+def test_nmi_and_purity():
+    from trainers.mixprompt_diagnostics import nmi, purity
+
     truth = [0, 0, 1, 1, 2, 2]
-    assert bench.nmi(truth, [5, 5, 3, 3, 9, 9]) == pytest.approx(1.0)  # a relabelled perfect recovery
-    assert bench.nmi(truth, [0] * 6) == pytest.approx(0.0)  # collapse: one sub-prompt takes everything
-    assert bench.purity(truth, [0] * 6) == pytest.approx(1 / 3)
-    assert bench.purity(truth, list(range(6))) == pytest.approx(1.0)  # over-splitting is pure...
-    assert bench.nmi(truth, list(range(6))) < 0.8  # ...but NMI sees it
+    assert nmi(truth, [5, 5, 3, 3, 9, 9]) == pytest.approx(1.0)  # a relabelled perfect recovery
+    assert nmi(truth, [0] * 6) == pytest.approx(0.0)  # collapse: one sub-prompt takes everything
+    assert purity(truth, [0] * 6) == pytest.approx(1 / 3)
+    assert purity(truth, list(range(6))) == pytest.approx(1.0)  # over-splitting is pure...
+    assert nmi(truth, list(range(6))) < 0.8  # ...but NMI sees it
 
 
 def _dataset(tmp_path, **knobs):
-    import train
     from engine import set_random_seed
+    from trainers.cli import build_parser, setup_cfg
 
     opts = ["MODEL.BACKBONE.NAME", "unused"]
     for key, value in knobs.items():
         opts += [f"DATASET.SYNTHETIC.{key}", str(value)]
-    args = train.build_parser().parse_args([
+    args = build_parser().parse_args([
         "--root", str(tmp_path), "--trainer", "CoOp", "--seed", "1",
         "--dataset-config-file", str(REPO_ROOT / "configs/datasets/synthetic_modes.yaml"), *opts])
-    cfg = train.setup_cfg(args)
+    cfg = setup_cfg(args)
     set_random_seed(1)
     from datasets.synthetic_modes import SyntheticModes
     return SyntheticModes(cfg)

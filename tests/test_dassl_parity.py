@@ -1,4 +1,4 @@
-"""The seam (DESIGN §3): train.py gives the same results on real Dassl as on the built-in engine.
+"""The engine seam (engine/__init__.py): train.py gives the same results on real Dassl as on the built-in engine.
 
 Runs ``train.py`` in subprocesses with ``MIXPROMPT_ENGINE=dassl`` and ``MIXPROMPT_ENGINE=builtin`` (same
 interpreter), each engine on its own copy of one generated Stanford Cars root, so that each builds its own

@@ -17,11 +17,9 @@ import torch
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader
 
-from conftest import REPO_ROOT, train_args
+from conftest import REPO_ROOT, fake_wandb_env, final_accuracy, run_train, train_args, wandb_events
 from engine.distributed import GlobalBatchSampler, check_distributed_support
 from engine.errors import ConfigError, UserError
-from test_train_e2e import final_accuracy, run_train
-from test_wandb import fake_wandb_env, wandb_events
 
 DETERMINISTIC = ["INPUT.TRANSFORMS", "['normalize']"]
 MP = "configs/trainers/MixPrompt/vit_b16.yaml"
@@ -195,7 +193,8 @@ def test_two_process_coop_matches_one_process_logs_once_and_resumes(tiny_clip, c
     assert len(figures) > 20 and logged_figures(ddp_log) == pytest.approx(figures, abs=2e-4)
     assert max_difference(state_at(single, 3), state_at(ddp, 3)) < 1e-6
     # rank 0 alone writes the run folder, the console and W&B
-    assert sorted(os.listdir(ddp)) == ["config.yaml", "log.txt", "prompt_learner", "tensorboard", "wandb_run_id"]
+    assert sorted(os.listdir(ddp)) == ["config.yaml", "log.txt", "prompt_learner", "result.json", "tensorboard",
+                                       "wandb_run_id"]
     assert len(glob.glob(os.path.join(ddp, "tensorboard", "events.out.tfevents.*"))) == 1
     assert proc.stdout.count("* accuracy:") == 1 and proc.stdout.count("Finish training") == 1
     events = wandb_events(wandb_log)

@@ -14,10 +14,9 @@ import datasets.inaturalist as inat
 import engine
 from datasets.common import _CacheUnpickler
 import trainers
-from conftest import REPO_ROOT, train_args
+from conftest import ACCURACY, REPO_ROOT, train_args
 from datasets.inaturalist import INaturalist, add_inaturalist_config, parse_annotation_file
 from engine.errors import ConfigError, DataError, UserError
-from test_train_e2e import ACCURACY
 
 VERSIONS = ("2017", "2018", "2019", "2021", "2021_mini")
 CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 6, 8, 3  # class k has 8 + k % 2 train images

@@ -10,9 +10,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO_ROOT, train_args
-from test_scripts import bash, skip_line
-from test_train_e2e import final_accuracy, run_train
+from conftest import REPO_ROOT, bash, final_accuracy, run_train, skip_line, train_args
 
 from trainers.linear_probe import evaluate_head, fit_logistic, search_c, stratified_folds
 

@@ -5,8 +5,7 @@ import os
 
 import pytest
 
-from conftest import train_args
-from test_train_e2e import ACCURACY, run_train
+from conftest import ACCURACY, run_train, train_args
 
 MP, ORIGINAL = "configs/trainers/MixPrompt/vit_b16.yaml", "configs/trainers/MixPrompt/original.yaml"
 

@@ -127,3 +127,40 @@ def test_diagnostics_flag_the_collapse_signature_and_pass_specialised_subprompts
     diag = collapse_diagnostics(ortho, ortho, spread, labels)
     assert diag["feature_cos"] == pytest.approx(0.0, abs=1e-6)
     assert diag["eff_k"] == pytest.approx(n_sub) and diag["dead"] == 0 and not diag["collapsed"]
+
+
+def test_objective_is_the_documented_sum_of_its_terms():
+    g = torch.Generator().manual_seed(0)
+    n_cls, n_sub, dim, batch = 5, 3, 8, 6
+    base = F.normalize(torch.randn(n_cls, dim, generator=g), dim=-1)
+    offsets = torch.randn(n_cls, n_sub, dim, generator=g) * 0.3
+    features = mm.feature_subprompts(base, offsets)  # (C, K, D)
+    assert torch.allclose(features, F.normalize(base[:, None] + offsets, dim=-1))
+    images = F.normalize(torch.randn(batch, dim, generator=g), dim=-1)
+    labels = torch.tensor([0, 1, 1, 2, 4, 4])
+    scores = mm.subprompt_scores(images, features, 50.0)  # (B, C, K)
+    tau = 0.5
+    gamma = mm.responsibilities(mm.own_class_scores(scores, labels), tau).detach()
+    running = torch.full((n_cls, n_sub), 1 / n_sub)
+    objective = mm.MixPromptObjective(lambda_mixture=0.3, pool="max", offset_reg_weight=0.01, diversity="cosine",
+                                      diversity_weight=0.2, balance="marginal_entropy", balance_weight=0.5,
+                                      balance_momentum=0.8)
+    loss, terms = objective(scores, labels, gamma, features, offsets, tau, running)
+    # by hand, from the formulas
+    log_p = F.log_softmax(scores.reshape(batch, -1), dim=-1).reshape(batch, n_cls, n_sub)
+    mix = -(gamma * log_p[torch.arange(batch), labels]).sum(-1).mean()
+    cls = F.cross_entropy(scores.max(-1).values, labels)
+    reg = offsets.pow(2).sum(-1).mean()
+    gram = features @ features.transpose(1, 2)
+    div = gram[:, ~torch.eye(n_sub, dtype=torch.bool)].mean()
+    soft = F.softmax(mm.own_class_scores(scores, labels) / tau, dim=-1)
+    usage = torch.stack([0.8 * running[c] + 0.2 * soft[labels == c].mean(0) for c in labels.unique()])
+    bal = 1 - (-(usage * usage.log()).sum(-1) / math.log(n_sub)).mean()
+    expected = 0.3 * mix + 0.7 * cls + 0.01 * reg + 0.2 * div + 0.5 * bal
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert terms["loss_mix"] == pytest.approx(mix.item(), rel=1e-5)
+    assert terms["loss_div"] == pytest.approx(div.item(), rel=1e-5)
+    assert terms["loss_bal"] == pytest.approx(bal.item(), rel=1e-5)
+    mm.update_running_usage(running, terms["classes"], terms["batch_usage"], 0.8)
+    assert torch.allclose(running[1], 0.8 / n_sub + 0.2 * soft[1:3].mean(0))
+    assert torch.allclose(running[3], torch.full((n_sub,), 1 / n_sub))  # no image of class 3: unchanged

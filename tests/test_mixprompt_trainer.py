@@ -89,10 +89,26 @@ def test_eval_cache_matches_uncached_and_is_invalidated_by_a_step_and_a_load(bui
     (["TRAINER.MIXPROMPT.BALANCE", "minimum_usage"], "TRAINER.MIXPROMPT.BALANCE"),
     (["TRAINER.MIXPROMPT.SCOPE", "class", "DATASET.SUBSAMPLE_CLASSES", "new"], "TRAINER.MIXPROMPT.SCOPE"),
     (["TRAINER.MIXPROMPT.OFFSET_SPACE", "token", "TRAINER.MIXPROMPT.INIT", "kmeans"], "TRAINER.MIXPROMPT.INIT"),
+    (["TRAINER.MIXPROMPT.SINKHORN_ITERS", "0"], "TRAINER.MIXPROMPT.SINKHORN_ITERS"),
+    # a key of another mode, set away from its default, would be silently ignored: refused
+    (["TRAINER.MIXPROMPT.N_CTX", "8"], "TRAINER.MIXPROMPT.N_CTX is set to 8 but applies only with "
+                                        "TRAINER.MIXPROMPT.OFFSET_SPACE token"),
+    (["TRAINER.MIXPROMPT.OFFSET_SPACE", "token", "TRAINER.MIXPROMPT.TEMPLATES", "dataset"],
+     "TRAINER.MIXPROMPT.TEMPLATES"),
+    (["TRAINER.MIXPROMPT.BALANCE_WEIGHT", "0.5"], "TRAINER.MIXPROMPT.BALANCE_WEIGHT"),
+    (["TRAINER.MIXPROMPT.BALANCE", "none", "TRAINER.MIXPROMPT.SINKHORN_ITERS", "10"], "SINKHORN_ITERS"),
+    (["TRAINER.MIXPROMPT.DIVERSITY", "none", "TRAINER.MIXPROMPT.DIVERSITY_WEIGHT", "0.5"], "DIVERSITY_WEIGHT"),
 ])
 def test_bad_mixprompt_settings_stop_at_startup_naming_the_key(build_trainer_for, opts, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("/", "/")):
         build_trainer_for("MixPrompt", config=MP, opts=opts)
+
+
+def test_the_default_init_is_valid_in_both_offset_spaces(build_trainer_for):
+    for space in ("feature", "token"):
+        trainer = build_trainer_for("MixPrompt", config=MP, opts=["TRAINER.MIXPROMPT.K", "2",
+                                                                  "TRAINER.MIXPROMPT.OFFSET_SPACE", space])
+        assert trainer.cfg.TRAINER.MIXPROMPT.INIT == "auto"
 
 
 def test_shared_scope_scores_new_classes(build_trainer_for):

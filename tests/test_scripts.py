@@ -4,27 +4,18 @@ message, unfinished ones resumed, a failing run stopping the script with a nonze
 report tools on the runs the script made."""
 import json
 import os
-import re
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from conftest import REPO_ROOT
+from conftest import ACCURACY, REPO_ROOT, bash, final_accuracy, skip_line
 
-ACCURACY = re.compile(r"\* accuracy: ([\d.]+)%")
 SCRIPTS = {"mixprompt": ["scripts/mixprompt/main.sh", "stanford_cars", "2"],
            "coop": ["scripts/coop/main.sh", "stanford_cars"],
            "cocoop": ["scripts/cocoop/main.sh", "stanford_cars"],
            "zsclip": ["scripts/zsclip/zeroshot.sh", "stanford_cars"]}
-
-
-def bash(script_args, opts=(), timeout=300, **env):
-    full_env = dict(os.environ, MIXPROMPT_ENGINE="builtin", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
-                    PYTHON=sys.executable, **env)
-    return subprocess.run(["bash", *script_args, *opts], cwd=REPO_ROOT, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def tiny_opts(weights, epochs="2"):
@@ -32,16 +23,8 @@ def tiny_opts(weights, epochs="2"):
             "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "DATALOADER.TEST.BATCH_SIZE", "16", "TRAIN.CHECKPOINT_FREQ", "1"]
 
 
-def final_accuracy(text):
-    return float(ACCURACY.findall(text.split("Finish training")[1])[-1])
-
-
 def logs(run_dir):
     return sorted(n for n in os.listdir(run_dir) if n.startswith("log.txt"))
-
-
-def skip_line(run_dir):
-    return f"Oops! The results exist at {run_dir} (so skip this job)"
 
 
 def test_mixprompt_script_runs_each_seed_skips_finished_runs_and_resumes_unfinished_ones(
@@ -71,7 +54,8 @@ def test_mixprompt_script_runs_each_seed_skips_finished_runs_and_resumes_unfinis
     assert all(skip_line(run) in again.stdout for run in runs) and "==> [" not in again.stdout
     assert [logs(run) for run in runs] == [["log.txt"], ["log.txt"]]
 
-    # seed 2 as if killed during epoch 2: the epoch-2 checkpoint and the end of its log are gone
+    # seed 2 as if killed during epoch 2: no record, the epoch-2 checkpoint and the end of its log are gone
+    (runs[1] / "result.json").unlink()
     learner = runs[1] / "prompt_learner"
     (learner / "model.pth.tar-2").unlink()
     (learner / "checkpoint").write_text("model.pth.tar-1\n")
@@ -93,8 +77,8 @@ def test_mixprompt_script_runs_each_seed_skips_finished_runs_and_resumes_unfinis
     table = subprocess.run([sys.executable, "scripts/parse_results.py", str(out), "--format", "json"],
                            cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
     (group,) = json.loads(table)
-    assert (group["method"], group["dataset"], group["shots"], group["K"], group["config"]) == (
-        "MixPrompt", "StanfordCars", 4, 2, "vit_b16")
+    assert (group["method"], group["dataset"], group["shots"], group["variant"], group["config"]) == (
+        "MixPrompt", "StanfordCars", 4, "k2", "vit_b16")
     assert group["seeds"] == [1, 2] and group["complete"]
     assert group["mean"] == pytest.approx(sum(accuracies) / 2)
     assert group["std"] == pytest.approx(abs(accuracies[0] - accuracies[1]) / 2 ** 0.5)  # sample std, n = 2
@@ -127,11 +111,6 @@ def test_coop_and_zero_shot_scripts_follow_coops_layout(cars_root, tiny_clip, tm
 
 
 def test_cocoop_script(cars_root, tiny_clip, tmp_path):
-    import trainers  # noqa: F401  (registration)
-    from engine import TRAINER_REGISTRY
-
-    if "CoCoOp" not in TRAINER_REGISTRY:
-        pytest.skip("the CoCoOp trainer is not registered yet")
     out = tmp_path / "output"
     opts = ["MODEL.BACKBONE.NAME", tiny_clip, "OPTIM.MAX_EPOCH", "1", "DATALOADER.NUM_WORKERS", "0",
             "DATALOADER.TEST.BATCH_SIZE", "16"]
@@ -152,7 +131,7 @@ def test_a_failing_run_stops_the_script_with_a_nonzero_status(tiny_clip, tmp_pat
     assert proc.returncode == 2  # train.py's status for bad input
     assert f"seed 1 -> {out}/stanford_cars/MixPrompt/vit_b16_abl_16shots/k2/seed1" in proc.stdout  # TAG, SHOTS 16
     assert "ERROR:" in proc.stderr and "stanford_cars" in proc.stderr  # train.py names the missing folder
-    assert "MixPrompt stanford_cars K=2 seed 1 failed (train.py exit status 2)" in proc.stderr
+    assert "MixPrompt stanford_cars vit_b16_abl 16shots K=2 seed 1 failed (train.py exit status 2)" in proc.stderr
     assert "==> [1/2]" in proc.stdout and "==> [2/2]" not in proc.stdout  # later seeds are not run
 
 

@@ -24,6 +24,8 @@ FAKE_TRAIN = """#!{python}
 # Stands in for the interpreter: records the train.py command line, then finishes the run like train.py would.
 import json, os, sys
 argv = sys.argv[1:]
+if argv and argv[0].endswith("sweep.py"):  # the run scripts start the sweep itself with $PYTHON: the real one
+    os.execv(sys.executable, [sys.executable, *argv])
 with open(os.environ["FAKE_TRAIN_RECORD"], "a") as f:
     f.write(json.dumps(argv) + "\\n")
 if os.environ.get("FAKE_TRAIN_FAIL") and os.environ["FAKE_TRAIN_FAIL"] in " ".join(argv):

@@ -1,7 +1,6 @@
 """train.py end to end, as users run it: CoOp and ZeroshotCLIP on generated Stanford Cars, tiny CLIP."""
 import glob
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -10,24 +9,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO_ROOT, train_args
-
-ACCURACY = re.compile(r"\* accuracy: ([\d.]+)%")
-
-
-def run_train(args, timeout=300, check=True):
-    env = dict(os.environ, MIXPROMPT_ENGINE="builtin", HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "train.py", *args], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def final_accuracy(text):
-    after = text.split("Finish training")[-1]
-    return float(ACCURACY.findall(after)[-1])
-
+from conftest import ACCURACY, REPO_ROOT, final_accuracy, run_train, train_args
 
 def newest_log(out):
     return max(glob.glob(os.path.join(out, "log.txt*")), key=os.path.getmtime)

@@ -5,51 +5,17 @@ every message, and when on, every TensorBoard scalar also goes to W&B with the r
 writes each call as one JSON line to the file named by FAKE_WANDB_LOG.
 """
 import glob
-import json
 import os
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO_ROOT, train_args
+from conftest import REPO_ROOT, fake_wandb_env, train_args, wandb_events
 from engine.config import get_cfg_default
 from engine.errors import ConfigError
 from engine.utils import WandbLogger, check_wandb_cfg, start_wandb
 
-FAKE_WANDB = '''
-import json, os
-
-def _record(event, **data):
-    with open(os.environ["FAKE_WANDB_LOG"], "a") as f:
-        f.write(json.dumps({"event": event, "pid": os.getpid(), **data}) + "\\n")
-
-class Run:
-    def __init__(self, run_id):
-        self.id = run_id
-
-    def define_metric(self, name, step_metric=None):
-        _record("define_metric", name=name, step_metric=step_metric)
-
-    def log(self, row):
-        _record("log", row=row)
-
-    def finish(self):
-        _record("finish")
-
-def init(**kwargs):
-    _record("init", kwargs=kwargs)
-    return Run(kwargs.get("id") or "generated")
-'''
-
-
-def fake_wandb_env(tmp_path, log_path):
-    """Environment variables that make ``import wandb`` load the recorder in a subprocess."""
-    folder = tmp_path / "fake_wandb"
-    folder.mkdir(exist_ok=True)
-    (folder / "wandb.py").write_text(FAKE_WANDB)
-    path = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH", "")) if p)
-    return {"PYTHONPATH": path, "FAKE_WANDB_LOG": str(log_path)}
 
 
 def run_train_with(args, env_extra):
@@ -58,11 +24,6 @@ def run_train_with(args, env_extra):
                           text=True, timeout=300)
     assert proc.returncode == 0, f"train.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
-
-
-def wandb_events(log_path):
-    with open(log_path) as f:
-        return [json.loads(line) for line in f]
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from engine.errors import ConfigError, TrainingDiverged
 from .clip import load_clip
 from .config import PRECISIONS
 from .feature_cache import CachedFeatureLoader, ImageFeatureCache
+from .registry import default_node
 
 LEARNABLE = "prompt_learner"
 
@@ -35,9 +36,55 @@ def resolve_precision(prec, device, key):
 
 
 class CLIPTrainer(TrainerX):
-    #: config node of the trainer, e.g. "COOP" (for the PREC key and messages)
+    # -- what the trainer declares (trainers/registry.py reads it; docs/extending.md) -----------------
+    #: config node of the trainer: its keys live under TRAINER.<cfg_node> (PREC at least)
     cfg_node = ""
+    #: configs/trainers/<config_dir or class name>/<default_config>.yaml is the run scripts' default
+    default_config = "vit_b16"
+    config_dir = ""
+    #: other names the tools accept (the run scripts' folder name, e.g. "zsclip"), lower case
+    aliases = ()
+    #: False: evaluation only (no shots, no seeds; CoOp's zero-shot layout)
+    few_shot = True
+    #: the config keys that name a run's folder (``registry.VariantKey``), e.g. MixPrompt's K
+    variant_keys = ()
+    #: rank in the report tables (baselines first)
+    report_order = 100
+    #: keys that change speed or memory, never a result: runs differing only there are seeds of one experiment
+    result_neutral_keys = ()
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.evaluator = RecordingEvaluator(self.evaluator)
+
+    @classmethod
+    def config_folder(cls):
+        return cls.config_dir or cls.__name__
+
+    @staticmethod
+    def add_config(cfg):
+        """Add ``TRAINER.<cfg_node>`` with its defaults to ``cfg`` (before any YAML or opts are merged)."""
+        raise NotImplementedError
+
+    @classmethod
+    def bench_variants(cls, sub_prompts, context_length):
+        """(row label, extra opts) of the rows ``scripts/bench.py`` measures for this trainer: ``sub_prompts``
+        are the benchmark's K values (for trainers that have sub-prompts), ``context_length`` its prompt
+        length (``context_opts``)."""
+        return [(cls.__name__, cls.context_opts(context_length))]
+
+    @classmethod
+    def context_opts(cls, context_length):
+        """Opts for a learnable context of ``context_length`` tokens and no init words, for trainers whose
+        node has N_CTX and CTX_INIT; else none."""
+        if not {"N_CTX", "CTX_INIT"} <= set(default_node(cls)):
+            return []
+        return [f"TRAINER.{cls.cfg_node}.N_CTX", str(context_length), f"TRAINER.{cls.cfg_node}.CTX_INIT", ""]
+
+    #: True when the class text features depend on the image (CoCoOp): nothing to compute once per evaluation
+    text_features_per_image = False
     checkpoint_ignored_keys = ("token_prefix", "token_suffix")
+    _eval_text_features = None
     feature_cache = None  # ImageFeatureCache when FEATURE_CACHE_VIEWS > 0 or FEATURE_CACHE_EVAL
 
     @property
@@ -150,21 +197,39 @@ class CLIPTrainer(TrainerX):
         return {}
 
     def forward_backward(self, batch):
+        """One training step: zero the gradients, ``backward_pass`` (the trainer's forward and backward),
+        one optimiser step (gradients averaged over ranks first), the log-line summary."""
+        self.model_zero_grad()
+        loss, logits, label = self.backward_pass(batch)
+        self.optimizer_step()
+        summary = {"loss": float(loss), "acc": compute_accuracy(logits, label)[0].item(), **self.loss_terms()}
+        if (self.batch_idx + 1) == self.num_batches:
+            self.update_lr()
+        return summary
+
+    def backward_pass(self, batch):
+        """Forward and backward of a training batch: (loss, logits, labels). Trainers that split a batch
+        (CoCoOp's chunks) override this and call ``backward`` per part."""
         with self.autocast():
             loss, logits, label = self.compute_loss(batch)
+        self.backward(loss)
+        return loss.item(), logits, label
+
+    def backward(self, loss):
+        """Backpropagate ``loss`` after checking it is finite (scaled under amp)."""
         self.check_finite(loss)
         if self.scaler is not None:
-            self.optim.zero_grad()
             self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
+    def optimizer_step(self):
+        if self.scaler is not None:
             self.sync_gradients()  # distributed: average the scaled gradients over ranks before the step
             self.scaler.step(self.optim)
             self.scaler.update()
         else:
-            self.model_backward_and_update(loss)
-        summary = {"loss": loss.item(), "acc": compute_accuracy(logits, label)[0].item(), **self.loss_terms()}
-        if (self.batch_idx + 1) == self.num_batches:
-            self.update_lr()
-        return summary
+            self.model_update()
 
     def check_finite(self, loss):
         """Stop the run at the first non-finite loss, naming the step, the loss terms and likely causes."""
@@ -189,38 +254,63 @@ class CLIPTrainer(TrainerX):
 
     @torch.no_grad()
     def test(self, split=None):
-        """Evaluate with the text features computed once for the whole evaluation (and the image features
-        once per run with FEATURE_CACHE_EVAL)."""
+        """The engine's evaluation, with the class text features computed once for the whole evaluation
+        (unless they depend on the image: ``text_features_per_image``), and the image features encoded once
+        per run with FEATURE_CACHE_EVAL (the loaders then yield cached features instead of images)."""
         self.set_model_mode("eval")
-        self._eval_text_features = self.model.text_features()
+        if not self.text_features_per_image:
+            self._eval_text_features = self.model.text_features()
+        loaders = self.test_loader, self.val_loader
+        if self.feature_cache is not None:
+            self.test_loader = CachedEvalLoader(self, self.dm.dataset.test, "test")
+            if self.val_loader is not None:
+                self.val_loader = CachedEvalLoader(self, self.dm.dataset.val, "val")
         try:
-            if self.feature_cache is None:
-                return super().test(split)
-            return self.test_cached(split)
+            return super().test(split)
         finally:
             self._eval_text_features = None
-
-    def test_cached(self, split=None):
-        """The engine's evaluation (same split choice, log line, evaluator and TensorBoard tags) over
-        cached image features."""
-        split = split or self.cfg.TEST.SPLIT
-        split = "val" if split == "val" and self.val_loader is not None else "test"
-        items = self.dm.dataset.val if split == "val" else self.dm.dataset.test
-        features, labels = self.feature_cache.eval_features(self.model, items, split)
-        print(f"Evaluate on the *{split}* set")
-        self.evaluator.reset()
-        batch_size = self.cfg.DATALOADER.TEST.BATCH_SIZE
-        for start in range(0, len(labels), batch_size):
-            rows = slice(start, start + batch_size)
-            output = self.model.logits(features[rows].to(self.device), self._eval_text_features)
-            self.evaluator.process(output, labels[rows].to(self.device))
-        results = self.evaluator.evaluate()
-        for key, value in results.items():
-            self.write_scalar(f"{split}/{key}", value, self.epoch)
-        return list(results.values())[0]
+            self.test_loader, self.val_loader = loaders
 
     def model_inference(self, image):
-        text_features = getattr(self, "_eval_text_features", None)
+        """Logits of a test batch: images (B, 3, H, W), or their image features (B, D) from the cache."""
+        features = image if image.dim() == 2 else self.model.encode_image(image)
+        text_features = self._eval_text_features
         if text_features is None:
             text_features = self.model.text_features()
-        return self.model.logits(self.model.encode_image(image), text_features)
+        return self.model.logits(features, text_features)
+
+
+class CachedEvalLoader:
+    """An evaluation split as batches of cached image features (``{"img": (B, D), "label": (B,)}``), in the
+    image loader's order and batch size; the features are encoded (or loaded) when first iterated."""
+
+    def __init__(self, trainer, items, split):
+        self.trainer, self.items, self.split = trainer, items, split
+        self.batch_size = trainer.cfg.DATALOADER.TEST.BATCH_SIZE
+
+    def __len__(self):
+        return -(-len(self.items) // self.batch_size)
+
+    def __iter__(self):
+        features, labels = self.trainer.feature_cache.eval_features(self.trainer.model, self.items, self.split)
+        device = self.trainer.device
+        for start in range(0, len(labels), self.batch_size):
+            rows = slice(start, start + self.batch_size)
+            yield {"img": features[rows].to(device), "label": labels[rows].to(device)}
+
+
+class RecordingEvaluator:
+    """The engine's evaluator, keeping the metrics of its last ``evaluate()`` (``last_results``) for the run's
+    record."""
+
+    def __init__(self, evaluator):
+        self._evaluator = evaluator
+        self.last_results = None
+
+    def __getattr__(self, name):
+        return getattr(self._evaluator, name)
+
+    def evaluate(self):
+        results = self._evaluator.evaluate()
+        self.last_results = dict(results)
+        return results

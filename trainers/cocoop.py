@@ -31,13 +31,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine import TRAINER_REGISTRY, compute_accuracy
 from engine.errors import ConfigError
+from yacs.config import CfgNode as CN
 
 from .base import CLIPTrainer
 from .clip_heads import CLIPClassifier
 from .config import PRECISIONS
 from .prompts import ClassPromptTokens, init_context
+from .registry import register_trainer
 
 #: With BATCH_CHUNK 0, a chunk holds as many images as keep it at or under this many prompts (images x classes).
 PROMPTS_PER_CHUNK = 4096
@@ -137,12 +138,30 @@ class CoCoOpClassifier(CLIPClassifier):
         return self.conditional_logits(self.encode_image(image))
 
 
-@TRAINER_REGISTRY.register()
+@register_trainer
 class CoCoOp(CLIPTrainer):
     """CoCoOp on the shared CLIP trainer: CLIP loaded once, frozen, PREC as configured; only
     ``prompt_learner`` (ctx and meta-net) is optimised and checkpointed."""
 
     cfg_node = "COCOOP"
+    text_features_per_image = True  # per-image prompts: nothing image-independent to compute once per evaluation
+    default_config = "vit_b16_c4_ep10_batch1_ctxv1"
+    report_order = 30
+    result_neutral_keys = ("TRAINER.COCOOP.BATCH_CHUNK",)
+
+    @staticmethod
+    def add_config(cfg):
+        """TRAINER.COCOOP: CoCoOp's keys and defaults, plus BATCH_CHUNK (this project's memory bound).
+
+        BATCH_CHUNK: the per-image prompts (images x classes) are encoded in chunks of this many images; 0
+        picks as many images as keep a chunk at or under ``PROMPTS_PER_CHUNK`` prompts. It changes memory and
+        speed only, not results. Lower it if evaluation or a training batch > 1 runs out of memory on a long
+        class list."""
+        c = cfg.TRAINER.COCOOP = CN()
+        c.N_CTX = 16  # number of context vectors
+        c.CTX_INIT = ""  # initialisation words, e.g. "a photo of a" (sets N_CTX); "" = N(0, 0.02)
+        c.PREC = "fp16"  # fp16 | fp32 | amp (fp16 runs as fp32 on CPU)
+        c.BATCH_CHUNK = 0  # images per chunk of per-image prompts (0 = automatic)
 
     def check_cfg(self, cfg):
         validate_cocoop_cfg(cfg)
@@ -155,48 +174,24 @@ class CoCoOp(CLIPTrainer):
         enabled = sorted(name for name, p in self.model.named_parameters() if p.requires_grad)
         print("Parameters to be updated: {" + ", ".join(repr(name) for name in enabled) + "}")
 
-    def forward_backward(self, batch):
-        """CoCoOp's step (cross-entropy over the classes, mean over the batch), chunk by chunk of images:
+    def backward_pass(self, batch):
+        """CoCoOp's loss (cross-entropy over the classes, mean over the batch), chunk by chunk of images:
         each chunk's share of the loss (its summed cross-entropy / B) is backpropagated before the next
-        chunk's B x C prompts are built, then one optimiser step. Gradients equal those of the whole batch."""
+        chunk's B x C prompts are built. Gradients equal those of the whole batch."""
         image, label = self.parse_batch_train(batch)
         n_img = len(label)
         with torch.no_grad(), self.autocast():  # the image encoder is frozen: no graph needed behind f
             image_features = self.model.encode_image(image)
-        self.model_zero_grad()
         loss_total, logits_parts = 0.0, []
         for rows in self.model.image_chunks(n_img):
             with self.autocast():
                 feats = image_features[rows]
                 logits = self.model.logits(feats, self.model.text_features(feats))  # (b, C)
                 loss = F.cross_entropy(logits, label[rows], reduction="sum") / n_img
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-            else:
-                self.detect_anomaly(loss)
-                loss.backward()
+            self.backward(loss)
             loss_total += loss.item()
             logits_parts.append(logits.detach())
-        if self.scaler is not None:
-            self.sync_gradients()  # distributed: average the scaled gradients over ranks before the step
-            self.scaler.step(self.optim)
-            self.scaler.update()
-        else:
-            self.model_update()
-        logits = torch.cat(logits_parts)
-        summary = {"loss": loss_total, "acc": compute_accuracy(logits, label)[0].item()}
-        if (self.batch_idx + 1) == self.num_batches:
-            self.update_lr()
-        return summary
-
-    @torch.no_grad()
-    def test(self, split=None):
-        """The engine's plain evaluation loop, one ``model_inference`` per test batch.
-
-        ``CLIPTrainer.test`` computes the class text features once per evaluation and reuses them for every
-        batch; CoCoOp's text features are a function of each image (B x C of them per batch), so there is
-        nothing image-independent to cache and that step is skipped, not reused."""
-        return super(CLIPTrainer, self).test(split)
+        return loss_total, torch.cat(logits_parts), label
 
     def model_inference(self, image):
         """Logits (B, C) with per-image prompts, chunked by TRAINER.COCOOP.BATCH_CHUNK."""

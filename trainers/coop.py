@@ -1,6 +1,6 @@
 """CoOp (Zhou et al., IJCV 2022): learnable context vectors shared by all classes, or class-specific."""
-from engine import TRAINER_REGISTRY
 from engine.errors import ConfigError
+from yacs.config import CfgNode as CN
 
 import torch
 import torch.nn as nn
@@ -8,8 +8,9 @@ import torch.nn.functional as F
 
 from .base import CLIPTrainer
 from .clip_heads import CLIPClassifier
-from .config import CLASS_TOKEN_POSITIONS
+from .config import CLASS_TOKEN_POSITIONS, add_feature_cache_config
 from .prompts import ClassPromptTokens, assemble_prompts, init_context
+from .registry import VariantKey, register_trainer
 
 
 class CoOpPromptLearner(nn.Module):
@@ -41,9 +42,30 @@ class CoOpClassifier(CLIPClassifier):
         return F.normalize(features, dim=-1)
 
 
-@TRAINER_REGISTRY.register()
+@register_trainer
 class CoOp(CLIPTrainer):
     cfg_node = "COOP"
+    default_config = "vit_b16_ep50"
+    report_order = 20
+    # CoOp's own layout: .../<cfg>_<N>shots/nctx<N_CTX>_csc<CSC>_ctp<POSITION>/seed<S>
+    variant_keys = (
+        VariantKey("TRAINER.COOP.N_CTX", flag="--nctx", folder="nctx{}", default="16", help="context length"),
+        VariantKey("TRAINER.COOP.CSC", flag="--csc", folder="csc{}", default="False", pattern="True|False",
+                   what="True or False", help="class-specific context"),
+        VariantKey("TRAINER.COOP.CLASS_TOKEN_POSITION", flag="--ctp", folder="ctp{}", default="end",
+                   pattern="|".join(CLASS_TOKEN_POSITIONS), what="end, middle or front",
+                   help="class token position"),
+    )
+
+    @staticmethod
+    def add_config(cfg):
+        coop = cfg.TRAINER.COOP = CN()
+        coop.N_CTX = 16  # number of context vectors
+        coop.CSC = False  # class-specific context
+        coop.CTX_INIT = ""  # initialisation words, e.g. "a photo of a" (sets N_CTX)
+        coop.PREC = "fp16"  # fp16 | fp32 | amp
+        coop.CLASS_TOKEN_POSITION = "end"  # end | middle | front
+        add_feature_cache_config(coop)
 
     def check_cfg(self, cfg):
         coop = cfg.TRAINER.COOP

@@ -31,12 +31,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine import TRAINER_REGISTRY
 from engine.errors import ConfigError
+from yacs.config import CfgNode as CN
 
 from .base import CLIPTrainer
 from .clip_heads import CLIPClassifier
 from .features import compute_image_features
+from .registry import register_trainer
 
 HEAD = "linear_head"
 
@@ -151,11 +152,28 @@ def search_c(score, c_min_log10, c_max_log10, coarse_steps, refine_steps, log=pr
     return 10.0 ** best[0], best[1], history
 
 
-@TRAINER_REGISTRY.register()
+@register_trainer
 class LinearProbeCLIP(CLIPTrainer):
     """Logistic regression on frozen CLIP image features; C chosen on val (see the module docstring)."""
 
     cfg_node = "LINEAR_PROBE"
+    aliases = ("linear_probe",)
+    report_order = 10
+
+    @staticmethod
+    def add_config(cfg):
+        """TRAINER.LINEAR_PROBE (docs/linear_probe.md). C (sklearn's convention: larger = weaker L2) is
+        searched on a coarse log10 grid of COARSE_STEPS values from 10**C_MIN_LOG10 to 10**C_MAX_LOG10
+        (CoOp's 1e-6 .. 1e6 in powers of 100), then REFINE_STEPS bisection steps in log space around the
+        best; FOLDS-fold cross-validation on train when val is empty."""
+        lp = cfg.TRAINER.LINEAR_PROBE = CN()
+        lp.C_MIN_LOG10 = -6.0
+        lp.C_MAX_LOG10 = 6.0
+        lp.COARSE_STEPS = 7  # grid values including both bounds
+        lp.REFINE_STEPS = 8  # bisection steps (2 fits each)
+        lp.MAX_ITER = 1000  # L-BFGS iterations per fit
+        lp.FOLDS = 3  # cross-validation folds when the val split is empty
+        lp.PREC = "fp16"  # fp16 | fp32 | amp: feature extraction only (fp16 runs as fp32 on CPU)
 
     def check_cfg(self, cfg):
         lp = cfg.TRAINER.LINEAR_PROBE

@@ -1,8 +1,8 @@
-"""MixPrompt: K learnable sub-prompts per class, trained with an annealed EM objective (DESIGN §5-6).
+"""MixPrompt: K learnable sub-prompts per class, trained with an annealed EM objective.
 
-Trainer glue only; the model maths lives in ``mixprompt_model`` and the diagnostics in
-``mixprompt_diagnostics``. Config: ``TRAINER.MIXPROMPT.*`` (``trainers/config.py``), validated once in
-``check_cfg``.
+Trainer glue only: the objective, the sub-prompt parametrisation and the initialisations live in
+``mixprompt_model``, the diagnostics in ``mixprompt_diagnostics``. Config: ``TRAINER.MIXPROMPT.*``, declared
+with its defaults in ``add_mixprompt_config`` below and validated once in ``check_cfg``.
 """
 import json
 import os
@@ -11,24 +11,26 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine import TRAINER_REGISTRY
 from engine.distributed import all_reduce_class_mean, is_distributed, is_main_process
 from engine.errors import ConfigError
+from yacs.config import CfgNode as CN
 
 from . import mixprompt_model as mm
 from .base import CLIPTrainer
 from .clip import tokenize
 from .clip_heads import CLIPClassifier
-from .config import CLASS_TOKEN_POSITIONS
+from .config import CLASS_TOKEN_POSITIONS, add_feature_cache_config
 from .features import compute_image_features
-from .mixprompt_diagnostics import collapse_diagnostics, format_diagnostics
+from .mixprompt_diagnostics import (DEFAULT_COLLAPSE_FEATURE_COS, DEFAULT_COLLAPSE_TOP1_SHARE, collapse_diagnostics,
+                                    format_diagnostics)
 from .prompts import ClassPromptTokens, assemble_prompts, init_context
+from .registry import VariantKey, default_node, register_trainer
 from .templates import IMAGENET_TEMPLATES_SELECT, dataset_template, format_classname
 
 OFFSET_SPACES = ("feature", "token")
 SCOPES = ("class", "shared")
 TEMPLATE_SETS = ("dataset", "ensemble", "hierarchical")
-INITS = ("random", "templates", "kmeans")
+INITS = ("auto", "random", "templates", "kmeans")
 DIAGNOSTICS_FILE = "diagnostics.jsonl"
 SUMMARY_FILE = "diagnostics_summary.json"
 SUMMARY_MAX_COS_ENTRIES = 2_000_000  # C*K*K above this (e.g. iNaturalist at K 32): no per-class cosines
@@ -102,11 +104,8 @@ class FeatureSubprompts(nn.Module):
     def subprompt_features(self, text_encoder=None, classes=None, chunk_size=None, checkpoint=False):
         """(C, K, D) L2-normalised, or (S, K, D) for the classes (S,) given."""
         base = self.base_features if classes is None else self.base_features[classes]  # (S, D)
-        if self.scope == "shared":
-            offsets = self.offsets.unsqueeze(0)  # (1, K, D)
-        else:
-            offsets = self.offsets if classes is None else self.offsets[classes]  # (S, K, D)
-        return F.normalize(base.unsqueeze(1) + offsets, dim=-1)
+        offsets = self.offsets if self.scope == "shared" or classes is None else self.offsets[classes]
+        return mm.feature_subprompts(base, offsets)  # (S, K, D)
 
 
 class TokenSubprompts(nn.Module):
@@ -178,53 +177,11 @@ class MixPromptClassifier(CLIPClassifier):
 
 
 # ----------------------------------------------------------------------------------------- initialisation
-def random_offsets(shape, scale, generator=None):
-    """Gaussian offsets whose expected norm (over the last dim(s) after the sub-prompt axis) is ``scale``."""
-    per_offset = 1
-    for size in shape[-1:]:
-        per_offset *= size
-    return torch.randn(shape, generator=generator) * (scale / per_offset ** 0.5)
-
-
-def kmeans(points, n_clusters, n_iters=25, generator=None):
-    """Plain k-means with k-means++ seeding: centroids (n_clusters, D) of ``points`` (N >= n_clusters, D)."""
-    first = torch.randint(len(points), (1,), generator=generator)
-    centroids = [points[first]]
-    for _ in range(1, n_clusters):
-        dist = torch.cdist(points, torch.cat(centroids)).min(dim=1).values.pow(2)
-        probs = dist / dist.sum() if dist.sum() > 0 else torch.full_like(dist, 1.0 / len(dist))
-        centroids.append(points[torch.multinomial(probs, 1, generator=generator)])
-    centroids = torch.cat(centroids)
-    for _ in range(n_iters):
-        assign = torch.cdist(points, centroids).argmin(dim=1)
-        for k in range(n_clusters):
-            members = points[assign == k]
-            if len(members):
-                centroids[k] = members.mean(0)
-    return centroids
-
-
-def kmeans_offsets(features, labels, n_cls, n_sub, scope, scale, generator=None):
-    """Offsets toward the within-class modes: per class, k-means of the class's image features minus the
-    class mean, directions scaled to norm ``scale`` (shared scope: k-means of all within-class residuals).
-    Sub-prompts beyond a class's image count get random directions."""
-    dim = features.shape[1]
-    residuals = torch.zeros_like(features)
-    for c in labels.unique():
-        mask = labels == c
-        residuals[mask] = features[mask] - features[mask].mean(0)
-    if scope == "shared":
-        offsets = random_offsets((n_sub, dim), scale, generator)
-        k = min(n_sub, len(residuals))
-        offsets[:k] = F.normalize(kmeans(residuals, k, generator=generator), dim=-1) * scale
-        return offsets
-    offsets = random_offsets((n_cls, n_sub, dim), scale, generator)
-    for c in range(n_cls):
-        points = residuals[labels == c]
-        k = min(n_sub, len(points))
-        if k >= 2:
-            offsets[c, :k] = F.normalize(kmeans(points, k, generator=generator), dim=-1) * scale
-    return offsets
+def resolve_init(init, offset_space):
+    """The initialisation INIT asks for: ``auto`` is kmeans in feature space and random in token space."""
+    if init == "auto":
+        return "kmeans" if offset_space == "feature" else "random"
+    return init
 
 
 def template_offsets(text_encoder, dataset_name, classnames, metadata, base, n_sub, scope, scale, generator=None):
@@ -239,16 +196,92 @@ def template_offsets(text_encoder, dataset_name, classnames, metadata, base, n_s
             texts += [fn(name, metadata[c]) for fn in hierarchical_templates(metadata[c])]
         sets.append(texts[:n_sub])
     n_tmpl = min(len(s) for s in sets)
-    offsets = random_offsets((len(names), n_sub, base.shape[1]), scale, generator)
+    offsets = mm.random_offsets((len(names), n_sub, base.shape[1]), scale, generator)
     feats = encode_prompt_sets(text_encoder, [[t] for s in sets for t in s[:n_tmpl]]).reshape(len(names), n_tmpl, -1)
     offsets[:, :n_tmpl] = feats - base.unsqueeze(1)
     return offsets.mean(0) if scope == "shared" else offsets
 
 
+# ----------------------------------------------------------------------------------------- config
+def add_mixprompt_config(cfg):
+    """TRAINER.MIXPROMPT with the fixed defaults. How they were chosen, with the measurements, is in
+    docs/collapse_benchmark.md; ``configs/trainers/MixPrompt/original.yaml`` keeps the earlier settings."""
+    m = cfg.TRAINER.MIXPROMPT = CN()
+    m.K = 8  # sub-prompts per class
+    m.OFFSET_SPACE = "feature"  # feature: t = normalize(b[c] + delta); token: offsets on context embeddings
+    m.SCOPE = "class"  # class: delta per (class, sub-prompt); shared: K offsets shared by all classes
+    # token space only (CoOp's context options)
+    m.N_CTX = 4
+    m.CTX_INIT = "a photo of a"  # sets N_CTX to its token count when non-empty
+    m.CLASS_TOKEN_POSITION = "end"  # end | middle | front
+    m.ENCODE_CHUNK = 1024  # encode the C*K prompts in chunks of this many rows (0 = all at once)
+    m.ENCODE_CHECKPOINT = False  # recompute each chunk's activations in backward (memory ~ chunk)
+    # large label spaces: classes per training step (the batch's classes plus uniformly sampled others, with
+    # the sampled-softmax logit correction); 0 = all classes (exact). See docs/performance.md.
+    m.CLASS_SAMPLE = 0
+    # feature space only: templates of the frozen base class feature b[c]
+    m.TEMPLATES = "hierarchical"  # dataset | ensemble | hierarchical (class metadata; else ensemble)
+    # EM temperature, annealed by iteration from TAU_START to TAU_END
+    m.TAU_START = 1.0
+    m.TAU_END = 0.3
+    m.TAU_SCHEDULE = "cosine"  # cosine | linear | exponential
+    m.SIM_SCALE = 100.0  # a in softmax_k(a * cos / tau) and in class scores (CLIP's logit scale is 100)
+    m.LAMBDA_MIXTURE = 0.5  # loss = LAMBDA * mixture + (1 - LAMBDA) * class
+    m.POOL = "lse"  # pooling of sub-prompt scores into class scores in training: max | lse | mean
+    m.EVAL_POOL = ""  # pooling at inference ("" = POOL)
+    m.OFFSET_REG_WEIGHT = 0.0001  # L2 on the raw offsets
+    # auto: kmeans in feature space, random in token space | random | templates | kmeans (the last two:
+    # feature space only)
+    m.INIT = "auto"
+    m.OFFSET_INIT_SCALE = 0.3  # norm of an initial offset (relative to |b[c]| = 1 in feature space)
+    m.DIVERSITY = "orthogonal"  # none | cosine | orthogonal: penalty on the final features t[c, :]
+    m.DIVERSITY_WEIGHT = 1.0  # DIVERSITY cosine / orthogonal only
+    m.BALANCE = "sinkhorn"  # none | marginal_entropy | sinkhorn (balanced epoch-level E-step)
+    m.BALANCE_WEIGHT = 0.1  # marginal_entropy only
+    m.BALANCE_MOMENTUM = 0.9  # marginal_entropy only: running estimate of class-level usage
+    m.SINKHORN_ITERS = 50  # sinkhorn only
+    # diagnostics: the collapse rule's thresholds (trainers/mixprompt_diagnostics.py says why these values)
+    m.COLLAPSE_FEATURE_COS = DEFAULT_COLLAPSE_FEATURE_COS
+    m.COLLAPSE_TOP1_SHARE = DEFAULT_COLLAPSE_TOP1_SHARE
+    m.PREC = "fp16"  # fp16 | fp32 | amp | bf16 (learnable offsets stay fp32; CPU runs in fp32)
+    add_feature_cache_config(m)
+    return cfg
+
+
+#: keys that apply only in some modes: KEY -> (the mode key, the modes where KEY applies). Setting KEY away
+#: from its default in another mode is an error (it would be silently ignored).
+MODE_KEYS = {
+    **{key: ("OFFSET_SPACE", ("token",)) for key in ("N_CTX", "CTX_INIT", "CLASS_TOKEN_POSITION", "ENCODE_CHUNK",
+                                                      "ENCODE_CHECKPOINT")},
+    "TEMPLATES": ("OFFSET_SPACE", ("feature",)),
+    "DIVERSITY_WEIGHT": ("DIVERSITY", ("cosine", "orthogonal")),
+    "BALANCE_WEIGHT": ("BALANCE", ("marginal_entropy",)),
+    "BALANCE_MOMENTUM": ("BALANCE", ("marginal_entropy",)),
+    "SINKHORN_ITERS": ("BALANCE", ("sinkhorn",)),
+}
+
+
 # ----------------------------------------------------------------------------------------- trainer
-@TRAINER_REGISTRY.register()
+@register_trainer
 class MixPrompt(CLIPTrainer):
     cfg_node = "MIXPROMPT"
+    variant_keys = (VariantKey("TRAINER.MIXPROMPT.K", flag="--K", folder="k{}", help="sub-prompts per class"),)
+    result_neutral_keys = ("TRAINER.MIXPROMPT.ENCODE_CHUNK",)
+    report_order = 40
+
+    @staticmethod
+    def add_config(cfg):
+        add_mixprompt_config(cfg)
+
+    @classmethod
+    def bench_variants(cls, sub_prompts, context_length):
+        rows = []
+        for k in sub_prompts:
+            common = ["TRAINER.MIXPROMPT.K", str(k), "TRAINER.MIXPROMPT.INIT", "random"]
+            rows.append((f"MixPrompt feature K{k}", common + ["TRAINER.MIXPROMPT.OFFSET_SPACE", "feature"]))
+            rows.append((f"MixPrompt token K{k}", common + ["TRAINER.MIXPROMPT.OFFSET_SPACE", "token",
+                                                            *cls.context_opts(context_length)]))
+        return rows
     checkpoint_ignored_keys = ("token_prefix", "token_suffix", "tokenized_prompts", "base_features")
     checkpoint_class_sized_keys = ("running_usage",)
 
@@ -264,6 +297,7 @@ class MixPrompt(CLIPTrainer):
                   "back to the ensemble (dataset template + IMAGENET_TEMPLATES_SELECT)")
         model = MixPromptClassifier(self.cfg, classnames, clip_model, metadata).to(self.device)
         self.model = model
+        self.objective = mm.MixPromptObjective.from_cfg(self.cfg.TRAINER.MIXPROMPT)
         self._train_features = None
         self._epoch_gamma = None
         self.init_offsets(model, classnames, metadata)
@@ -274,16 +308,17 @@ class MixPrompt(CLIPTrainer):
         m = self.cfg.TRAINER.MIXPROMPT
         learner = model.prompt_learner
         shape = tuple(learner.offsets.shape)
-        if m.INIT == "random":
-            offsets = random_offsets(shape, m.OFFSET_INIT_SCALE)
-        elif m.INIT == "kmeans":
+        init = resolve_init(m.INIT, m.OFFSET_SPACE)
+        if init == "random":
+            offsets = mm.random_offsets(shape, m.OFFSET_INIT_SCALE)
+        elif init == "kmeans":
             features, labels, _ = self.train_features()
-            offsets = kmeans_offsets(features, labels, len(classnames), m.K, m.SCOPE, m.OFFSET_INIT_SCALE)
+            offsets = mm.kmeans_offsets(features, labels, len(classnames), m.K, m.SCOPE, m.OFFSET_INIT_SCALE)
         else:
             offsets = template_offsets(model.text_encoder, self.cfg.DATASET.NAME, classnames, metadata,
                                        learner.base_features, m.K, m.SCOPE, m.OFFSET_INIT_SCALE)
         learner.offsets.copy_(offsets)
-        print(f"Initialised {m.K} sub-prompts per class ({m.OFFSET_SPACE} space, {m.SCOPE} scope, init {m.INIT})")
+        print(f"Initialised {m.K} sub-prompts per class ({m.OFFSET_SPACE} space, {m.SCOPE} scope, init {init})")
 
     def train_features(self):
         """Image features (N, D) of the training images under the test transform, their labels (N,) and
@@ -342,30 +377,18 @@ class MixPrompt(CLIPTrainer):
             gamma = self._epoch_gamma[batch["index"].to(self.device)]
         else:
             gamma = mm.responsibilities(own.detach(), tau)
-        loss_mix = mm.mixture_loss(scores, target, gamma)
-        loss_cls = mm.class_loss(scores, target, m.POOL)
-        loss = m.LAMBDA_MIXTURE * loss_mix + (1 - m.LAMBDA_MIXTURE) * loss_cls
-        terms = {"loss_mix": loss_mix.item(), "loss_cls": loss_cls.item()}
-        offsets = self.model.prompt_learner.flat_offsets()
-        if m.OFFSET_REG_WEIGHT > 0:
-            loss = loss + m.OFFSET_REG_WEIGHT * offsets.pow(2).sum(-1).mean()
-        if m.DIVERSITY != "none" and m.DIVERSITY_WEIGHT > 0:
-            loss_div = mm.diversity_loss(features, m.DIVERSITY)
-            loss = loss + m.DIVERSITY_WEIGHT * loss_div
-            terms["loss_div"] = loss_div.item()
+        running = self.model.prompt_learner.running_usage  # (C, K)
+        loss, terms = self.objective(scores, target, gamma, features, self.model.prompt_learner.flat_offsets(),
+                                     tau, running, label)
         if m.BALANCE == "marginal_entropy":
-            running = self.model.prompt_learner.running_usage
-            soft_gamma = mm.responsibilities(own, tau)  # (B, K)
-            loss_bal, batch_usage, classes = mm.usage_balance_loss(soft_gamma, label, running, m.BALANCE_MOMENTUM)
+            batch_usage, classes = terms.pop("batch_usage"), terms.pop("classes")
+            soft_gamma = terms.pop("soft_gamma")
             if is_distributed():  # the running estimate is global: class usage over every rank's images
-                batch_usage, classes = all_reduce_class_mean(soft_gamma.detach(), label, running.shape[0])
-            loss = loss + m.BALANCE_WEIGHT * loss_bal
-            running[classes] = m.BALANCE_MOMENTUM * running[classes] + (1 - m.BALANCE_MOMENTUM) * batch_usage
-            terms["loss_bal"] = loss_bal.item()
-        logits = mm.pool_scores(scores, m.POOL)
+                batch_usage, classes = all_reduce_class_mean(soft_gamma, label, running.shape[0])
+            mm.update_running_usage(running, classes, batch_usage, m.BALANCE_MOMENTUM)
         terms["tau"] = tau
         self._loss_terms = terms  # reported by loss_terms()
-        return loss, logits, target
+        return loss, mm.pool_scores(scores, m.POOL), target
 
     def loss_terms(self):
         return self._loss_terms
@@ -482,9 +505,19 @@ def validate_mixprompt_cfg(cfg):
                  "CLASS_SAMPLE"):
         if m[name] < 0:
             raise ConfigError(f"{key}.{name}: must be >= 0, got {m[name]}")
-    if m.OFFSET_SPACE == "token" and m.INIT != "random":
+    if m.SINKHORN_ITERS < 1:
+        raise ConfigError(f"{key}.SINKHORN_ITERS: must be >= 1, got {m.SINKHORN_ITERS}")
+    if not 0.0 <= m.COLLAPSE_TOP1_SHARE <= 1.0 or not -1.0 <= m.COLLAPSE_FEATURE_COS <= 1.0:
+        raise ConfigError(f"{key}.COLLAPSE_TOP1_SHARE / COLLAPSE_FEATURE_COS: a share in [0, 1] and a cosine in "
+                          f"[-1, 1], got {m.COLLAPSE_TOP1_SHARE} / {m.COLLAPSE_FEATURE_COS}")
+    if m.OFFSET_SPACE == "token" and m.INIT not in ("auto", "random"):
         raise ConfigError(f'{key}.INIT: "{m.INIT}" initialises offsets in feature space; token-space offsets '
-                          "support only INIT random")
+                          "support INIT auto or random")
+    defaults = default_node(MixPrompt)
+    for name, (mode, applies) in MODE_KEYS.items():
+        if m[mode] not in applies and m[name] != defaults[name]:
+            raise ConfigError(f"{key}.{name} is set to {m[name]!r} but applies only with {key}.{mode} "
+                              f"{' or '.join(applies)} (it is {m[mode]!r}): remove it or change {key}.{mode}")
     if m.SCOPE == "class" and cfg.DATASET.SUBSAMPLE_CLASSES == "new":
         raise ConfigError(f"{key}.SCOPE: class-scope sub-prompts exist only for the classes seen in training, "
                           "so they cannot score new classes (DATASET.SUBSAMPLE_CLASSES new). Train with "

@@ -1,10 +1,14 @@
 """MixPrompt's model: sub-prompt features, responsibilities, losses, tau schedule, diagnostics.
 
-Pure torch, no trainer or dataset: everything here is testable on random tensors. Notation (DESIGN §5):
-C classes, K sub-prompts, D feature dim, B images; f image features and t[c, k] sub-prompt text features,
-both L2-normalised; a = similarity scale; tau = EM temperature.
+Pure torch, no trainer or dataset: everything here is testable on random tensors. Notation: C classes, K
+sub-prompts, D feature dim, B images; f image features and t[c, k] sub-prompt text features, both
+L2-normalised; a = similarity scale; tau = EM temperature.
 
-Objective per batch (``MixPromptObjective``):
+Feature-space parametrisation: t[c, k] = normalize(b[c] + delta[c, k]) (``feature_subprompts``), b[c] the
+frozen class text feature; the offsets start random, at template features, or at the k-means modes of
+the class's training images (``random_offsets``, ``kmeans_offsets``).
+
+Objective per batch (``MixPromptObjective``, which the trainer only feeds):
 - E-step: responsibilities gamma[i, k] = softmax_k(a * cos(f_i, t[y_i, k]) / tau), detached targets (or
   balanced targets from an epoch-level Sinkhorn E-step, see ``sinkhorn_balance``);
 - M-step mixture loss: cross-entropy of the (class, sub-prompt) pair over all C*K pairs, weighted by
@@ -17,6 +21,7 @@ Objective per batch (``MixPromptObjective``):
   pushing every image toward uniform responsibilities is what makes sub-prompts identical.
 """
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -183,3 +188,116 @@ def usage_from_gamma(gamma, labels, n_cls):
     soft = torch.zeros(n_cls, n_sub, dtype=gamma.dtype, device=gamma.device).index_add(0, labels, gamma)
     denom = counts.clamp_min(1).unsqueeze(1)
     return hard / denom, soft / denom, counts
+
+
+# ------------------------------------------------------------------------------------------ the objective
+@dataclass(frozen=True)
+class MixPromptObjective:
+    """The training loss of one batch and its named terms (``TRAINER.MIXPROMPT`` keys in brackets):
+
+    L = lambda * mixture + (1 - lambda) * class          [LAMBDA_MIXTURE, POOL]
+        + w_reg * mean_{c,k} |delta[c, k]|^2               [OFFSET_REG_WEIGHT]
+        + w_div * diversity(t)                             [DIVERSITY, DIVERSITY_WEIGHT]
+        + w_bal * usage_balance(soft gamma, running usage) [BALANCE marginal_entropy, BALANCE_WEIGHT, _MOMENTUM]
+    """
+    lambda_mixture: float = 0.5
+    pool: str = "lse"
+    offset_reg_weight: float = 0.0
+    diversity: str = "none"
+    diversity_weight: float = 0.0
+    balance: str = "none"
+    balance_weight: float = 0.0
+    balance_momentum: float = 0.9
+
+    @classmethod
+    def from_cfg(cls, m):
+        """From a ``TRAINER.MIXPROMPT`` config node."""
+        return cls(m.LAMBDA_MIXTURE, m.POOL, m.OFFSET_REG_WEIGHT, m.DIVERSITY, m.DIVERSITY_WEIGHT, m.BALANCE,
+                   m.BALANCE_WEIGHT, m.BALANCE_MOMENTUM)
+
+    def __call__(self, scores, target, gamma, subprompt_features, offsets, tau=None, running_usage=None, labels=None):
+        """(loss, terms) for sub-prompt scores (B, S, K) of the scored classes, each image's position
+        ``target`` (B,) among them, E-step targets ``gamma`` (B, K), the scored classes' features (S, K, D)
+        and the raw offsets (C, K, P) or (K, P). Balance marginal_entropy also needs ``tau``, the running
+        class usage (C, K) and the images' classes ``labels`` (B,) (= ``target`` when every class is scored);
+        then ``terms["batch_usage"]`` and ``terms["classes"]`` hold what the running estimate is updated
+        with (``update_running_usage``)."""
+        loss_mix = mixture_loss(scores, target, gamma)
+        loss_cls = class_loss(scores, target, self.pool)
+        loss = self.lambda_mixture * loss_mix + (1 - self.lambda_mixture) * loss_cls
+        terms = {"loss_mix": loss_mix.item(), "loss_cls": loss_cls.item()}
+        if self.offset_reg_weight > 0:
+            loss = loss + self.offset_reg_weight * offsets.pow(2).sum(-1).mean()
+        if self.diversity != "none" and self.diversity_weight > 0:
+            loss_div = diversity_loss(subprompt_features, self.diversity)
+            loss = loss + self.diversity_weight * loss_div
+            terms["loss_div"] = loss_div.item()
+        if self.balance == "marginal_entropy":
+            soft_gamma = responsibilities(own_class_scores(scores, target), tau)  # (B, K), with gradient
+            loss_bal, batch_usage, classes = usage_balance_loss(
+                soft_gamma, target if labels is None else labels, running_usage, self.balance_momentum)
+            loss = loss + self.balance_weight * loss_bal
+            terms.update(loss_bal=loss_bal.item(), batch_usage=batch_usage, classes=classes,
+                         soft_gamma=soft_gamma.detach())
+        return loss, terms
+
+
+@torch.no_grad()
+def update_running_usage(running_usage, classes, batch_usage, momentum):
+    """running[c] <- momentum * running[c] + (1 - momentum) * batch usage[c], for the batch's classes."""
+    running_usage[classes] = momentum * running_usage[classes] + (1 - momentum) * batch_usage
+
+
+# ------------------------------------------------------------------------------------------ parametrisation
+def feature_subprompts(base_features, offsets):
+    """t = normalize(b + delta): base (S, D) and offsets (S, K, D), or shared offsets (K, D) -> (S, K, D)."""
+    if offsets.dim() == 2:
+        offsets = offsets.unsqueeze(0)  # (1, K, D)
+    return F.normalize(base_features.unsqueeze(1) + offsets, dim=-1)
+
+
+def random_offsets(shape, scale, generator=None):
+    """Gaussian offsets whose expected norm (over the last dim) is ``scale``."""
+    return torch.randn(shape, generator=generator) * (scale / shape[-1] ** 0.5)
+
+
+def kmeans(points, n_clusters, n_iters=25, generator=None):
+    """Plain k-means with k-means++ seeding: centroids (n_clusters, D) of ``points`` (N >= n_clusters, D)."""
+    first = torch.randint(len(points), (1,), generator=generator)
+    centroids = [points[first]]
+    for _ in range(1, n_clusters):
+        dist = torch.cdist(points, torch.cat(centroids)).min(dim=1).values.pow(2)
+        probs = dist / dist.sum() if dist.sum() > 0 else torch.full_like(dist, 1.0 / len(dist))
+        centroids.append(points[torch.multinomial(probs, 1, generator=generator)])
+    centroids = torch.cat(centroids)
+    for _ in range(n_iters):
+        assign = torch.cdist(points, centroids).argmin(dim=1)
+        for k in range(n_clusters):
+            members = points[assign == k]
+            if len(members):
+                centroids[k] = members.mean(0)
+    return centroids
+
+
+def kmeans_offsets(features, labels, n_cls, n_sub, scope, scale, generator=None):
+    """Offsets toward the within-class modes: per class, k-means of the class's image features minus the
+    class mean, directions scaled to norm ``scale`` (shared scope: k-means of all within-class residuals).
+    Sub-prompts beyond a class's image count get random directions."""
+    dim = features.shape[1]
+    residuals = torch.zeros_like(features)
+    for c in labels.unique():
+        mask = labels == c
+        residuals[mask] = features[mask] - features[mask].mean(0)
+    if scope == "shared":
+        offsets = random_offsets((n_sub, dim), scale, generator)
+        k = min(n_sub, len(residuals))
+        offsets[:k] = F.normalize(kmeans(residuals, k, generator=generator), dim=-1) * scale
+        return offsets
+    offsets = random_offsets((n_cls, n_sub, dim), scale, generator)
+    for c in range(n_cls):
+        points = residuals[labels == c]
+        k = min(n_sub, len(points))
+        if k >= 2:
+            offsets[c, :k] = F.normalize(kmeans(points, k, generator=generator), dim=-1) * scale
+    return offsets
+

@@ -19,13 +19,10 @@ import io
 import json
 import os
 import re
-import sys
 import tempfile
-from pathlib import Path
 
 from engine.errors import DataError, UserError, WeightsError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_NAMES = ("config-latest.yaml", "config.yaml")  # newest first: a re-run writes config-latest.yaml
 LEARNER = "prompt_learner"
 CHECKPOINT_NAME = re.compile(r"^model\.pth\.tar-(\d+)$")
@@ -90,15 +87,6 @@ def checkpoint_path(run_dir, epoch=None):
 
 
 # ------------------------------------------------------------------------------------------ config
-def train_module():
-    """The repository's train.py: its config assembly (every extend_cfg step) and registrations."""
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    import train
-
-    return train
-
-
 def check_data_root(cfg, config_path, root_given):
     root = cfg.DATASET.ROOT
     if root and not os.path.isdir(os.path.expanduser(root)):
@@ -113,9 +101,10 @@ def load_run_config(run_dir, root=None, opts=(), check_data=True):
     ``opts``), with ``DATASET.ROOT`` replaced by ``root`` when given. With ``check_data`` the data root
     must exist."""
     config_path = find_run_config(run_dir)
-    train = train_module()
+    from .cli import build_parser, setup_cfg
+
     argv = ["--config-file", config_path, *(["--root", str(root)] if root else []), *map(str, opts)]
-    cfg = train.setup_cfg(train.build_parser().parse_args(argv))
+    cfg = setup_cfg(build_parser().parse_args(argv))
     if check_data:
         check_data_root(cfg, config_path, bool(root))
     return cfg

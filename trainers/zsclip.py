@@ -2,11 +2,12 @@
 import torch
 import torch.nn.functional as F
 
-from engine import TRAINER_REGISTRY
+from yacs.config import CfgNode as CN
 
 from .base import CLIPTrainer
 from .clip import tokenize
 from .clip_heads import CLIPClassifier
+from .registry import VariantKey, register_trainer
 from .templates import IMAGENET_TEMPLATES_SELECT, dataset_template, format_classname
 
 
@@ -28,11 +29,24 @@ class ZeroshotClassifier(CLIPClassifier):
         return self.class_text_features
 
 
-@TRAINER_REGISTRY.register()
+@register_trainer
 class ZeroshotCLIP(CLIPTrainer):
     """Evaluation only: run with ``--eval-only`` (no learnable parameters, nothing to load)."""
 
     cfg_node = "ZSCLIP"
+    aliases = ("zsclip",)
+    report_order = 0
+    config_dir = "CoOp"  # CoOp's convention: zero-shot runs take a CoOp config (backbone, input)
+    few_shot = False
+    variant_keys = (VariantKey("TRAINER.ZSCLIP.ENSEMBLE", flag="--ensemble", folder={"True": "_ensemble", "False": ""},
+                               default="False", pattern="True|False", what="True or False",
+                               help="prompt ensemble (dataset template + IMAGENET_TEMPLATES_SELECT)"),)
+
+    @staticmethod
+    def add_config(cfg):
+        cfg.TRAINER.ZSCLIP = CN()
+        cfg.TRAINER.ZSCLIP.PREC = "fp16"  # fp16 | fp32 (fp16 runs as fp32 on CPU)
+        cfg.TRAINER.ZSCLIP.ENSEMBLE = False  # True: average the dataset template and IMAGENET_TEMPLATES_SELECT
 
     def build_clip_model(self, classnames, clip_model):
         templates = [dataset_template(self.cfg.DATASET.NAME)]

@@ -13,8 +13,8 @@
 #   LOADEP   checkpoint epoch to load     default: OPTIM.MAX_EPOCH of the training run (its config.yaml)
 #
 # Output: $OUTPUT/base2new/test_new/<DATASET>/shots_<SHOTS>/<TRAINER>/<CFG>[_<TAG>]/seed<SEED>
-# (model from the same path under train_base/). A finished evaluation (a log with "=> result" followed by
-# "* accuracy:") is skipped; a missing or unfinished training run is an error.
+# (model from the same path under train_base/). A finished evaluation (its result.json, trainers/runs.py)
+# is skipped; a missing or unfinished training run is an error.
 set -uo pipefail
 
 if [ $# -lt 2 ]; then
@@ -66,11 +66,11 @@ echo "base2new test: DATASET=$DATASET SEED=$SEED TRAINER=$TRAINER CFG=$CFG SHOTS
 echo "  DATA=$DATA OUTPUT=$OUTPUT PYTHON=$PYTHON (environment variables)"
 echo "  extra options: ${*:-none}"
 
-if finished "$DIR" "=> result"; then
+if finished "$DIR"; then
     echo "Oops! The results exist at $DIR (so skip this job)"
     exit 0
 fi
-if ! finished "$MODEL_DIR" "Finish training"; then
+if ! finished "$MODEL_DIR"; then
     fail "no finished training run at $MODEL_DIR; run base2new_train.sh $DATASET $SEED (same options) first"
 fi
 [[ $LOADEP =~ ^[1-9][0-9]*$ ]] || fail "LOADEP must be a checkpoint epoch (cannot read OPTIM.MAX_EPOCH from $MODEL_DIR/config.yaml?), got \"$LOADEP\""

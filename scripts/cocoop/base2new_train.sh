@@ -19,7 +19,7 @@
 # scripts/coop/ and scripts/mixprompt/ call this script with their own TRAINER, CFG and options.
 #
 # Output: $OUTPUT/base2new/train_base/<DATASET>/shots_<SHOTS>/<TRAINER>/<CFG>[_<TAG>]/seed<SEED>
-# A finished run (a log with "Finish training" followed by the final "* accuracy:") is skipped; an
+# A finished run (its result.json, trainers/runs.py) is skipped; an
 # unfinished one is run again into its folder and resumes from its latest checkpoint.
 set -uo pipefail
 
@@ -59,7 +59,7 @@ for ((i = 0; i < $#; i += 2)); do
 done
 
 
-if finished "$DIR" "Finish training"; then
+if finished "$DIR"; then
     echo "Oops! The results exist at $DIR (so skip this job)"
     exit 0
 fi

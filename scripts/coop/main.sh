@@ -25,7 +25,7 @@
 #   PYTHON   interpreter                                       default: python (else python3)
 #
 # Output (CoOp's layout): $OUTPUT/<DATASET>/CoOp/<CFG>[_<TAG>]_<SHOTS>shots/nctx<NCTX>_csc<CSC>_ctp<CTP>/seed<SEED>
-# A finished run (a log.txt* with the test "* accuracy: X%" after "Finish training") is skipped with
+# A finished run (its result.json, written last by train.py: trainers/runs.py) is skipped with
 # CoOp's message; an unfinished one is run again into its folder and resumes from its latest checkpoint.
 # The script stops with train.py's exit status at the first run that fails.
 set -uo pipefail
@@ -63,4 +63,5 @@ for ((i = 0; i < $#; i += 2)); do
 done
 
 
-run_seeds "$TRAINER $DATASET" "$OUTPUT/$DATASET/$TRAINER/${CFG}${TAG:+_$TAG}_${SHOTS}shots/nctx${NCTX}_csc${CSC}_ctp${CTP}" TRAINER.COOP.N_CTX "$NCTX" TRAINER.COOP.CSC "$CSC" TRAINER.COOP.CLASS_TOKEN_POSITION "$CTP" -- "$@"
+# shellcheck disable=SC2086  # SEEDS is a list of words
+run_sweep "$TRAINER" --shots "$SHOTS" --seeds $SEEDS --nctx "$NCTX" --csc "$CSC" --ctp "$CTP" -- "$@"

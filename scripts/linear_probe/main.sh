@@ -21,7 +21,7 @@
 #   PYTHON   interpreter                                       default: python (else python3)
 #
 # Output (CoOp's layout): $OUTPUT/<DATASET>/LinearProbeCLIP/<CFG>[_<TAG>]_<SHOTS>shots/seed<SEED>
-# A finished run (a log.txt* with the test "* accuracy: X%" after "Finish training") is skipped with
+# A finished run (its result.json, written last by train.py: trainers/runs.py) is skipped with
 # CoOp's message; an unfinished one is run again into its folder (a saved head is reused, else refitted).
 # The script stops with train.py's exit status at the first run that fails.
 set -uo pipefail
@@ -52,4 +52,5 @@ for ((i = 0; i < $#; i += 2)); do
 done
 
 
-run_seeds "$TRAINER $DATASET" "$OUTPUT/$DATASET/$TRAINER/${CFG}${TAG:+_$TAG}_${SHOTS}shots" -- "$@"
+# shellcheck disable=SC2086  # SEEDS is a list of words
+run_sweep "$TRAINER" --shots "$SHOTS" --seeds $SEEDS -- "$@"

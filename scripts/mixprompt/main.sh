@@ -21,7 +21,7 @@
 #   PYTHON   interpreter                                       default: python (else python3)
 #
 # Output (CoOp's layout plus K): $OUTPUT/<DATASET>/MixPrompt/<CFG>[_<TAG>]_<SHOTS>shots/k<K>/seed<SEED>
-# A finished run (a log.txt* with the test "* accuracy: X%" after "Finish training") is skipped with
+# A finished run (its result.json, written last by train.py: trainers/runs.py) is skipped with
 # CoOp's message; an unfinished one is run again into its folder and resumes from its latest checkpoint.
 # The script stops with train.py's exit status at the first run that fails.
 # Tables: python scripts/parse_results.py $OUTPUT and python scripts/collapse_report.py $OUTPUT (docs/scripts.md).
@@ -55,4 +55,5 @@ for ((i = 0; i < $#; i += 2)); do
 done
 
 
-run_seeds "$TRAINER $DATASET K=$K" "$OUTPUT/$DATASET/$TRAINER/${CFG}${TAG:+_$TAG}_${SHOTS}shots/k$K" TRAINER.MIXPROMPT.K "$K" -- "$@"
+# shellcheck disable=SC2086  # SEEDS is a list of words
+run_sweep "$TRAINER" --shots "$SHOTS" --seeds $SEEDS --K "$K" -- "$@"

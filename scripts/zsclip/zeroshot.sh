@@ -20,7 +20,7 @@
 #   (SHOTS and SEEDS are not used.)
 #
 # Output (CoOp's layout): $OUTPUT/ZeroshotCLIP/<CFG>[_ensemble][_<TAG>]/<DATASET> (_ensemble with ENSEMBLE=True).
-# A finished evaluation (a log.txt* with "* accuracy: X%" after "=> result") is skipped with CoOp's
+# A finished evaluation (its result.json, written last by train.py) is skipped with CoOp's
 # message; exit status of train.py when it fails.
 set -uo pipefail
 
@@ -53,27 +53,4 @@ for ((i = 0; i < $#; i += 2)); do
 done
 
 
-RUN=$CFG
-[ "$ENSEMBLE" = True ] && RUN=${CFG}_ensemble
-RUN=$RUN${TAG:+_$TAG}
-DIR=$OUTPUT/$TRAINER/$RUN/$DATASET
-if finished "$DIR" "=> result"; then
-    echo "Oops! The results exist at $DIR (so skip this job)"
-    exit 0
-fi
-echo "==> [1/1] $TRAINER $DATASET -> $DIR"
-"$PYTHON" "$REPO/train.py" \
-    --root "$DATA" \
-    --trainer "$TRAINER" \
-    --dataset-config-file "$REPO/configs/datasets/$DATASET.yaml" \
-    --config-file "$REPO/configs/trainers/CoOp/$CFG.yaml" \
-    --output-dir "$DIR" \
-    --eval-only \
-    TRAINER.ZSCLIP.ENSEMBLE "$ENSEMBLE" \
-    "$@"
-rc=$?
-if [ $rc -ne 0 ]; then
-    echo "ERROR: $TRAINER $DATASET failed (train.py exit status $rc); output folder: $DIR." >&2
-    exit $rc
-fi
-echo "==> $TRAINER $DATASET: done. Results: python scripts/parse_results.py $OUTPUT"
+run_sweep "$TRAINER" --ensemble "$ENSEMBLE" -- "$@"
