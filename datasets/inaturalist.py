@@ -1,6 +1,6 @@
 """iNaturalist competition releases (2017, 2018, 2019, 2021, 2021-mini) for few-shot prompt learning.
 
-Layout (reference/datasets.md §2, §3.5; ``docs/inaturalist.md`` has the download list). Each release lives in
+Layout (``docs/inaturalist.md`` has the releases and the download list). Each release lives in
 ``DATASET.ROOT/inaturalist/<year>/``, with the annotation JSONs next to the extracted image folder(s), so that
 every ``file_name`` in the JSON resolves as ``<year folder>/<file_name>``::
 

@@ -1,4 +1,4 @@
-"""Stanford Cars (Cars196) in CoOp's layout (reference/datasets.md §1).
+"""Stanford Cars (Cars196) in CoOp's layout.
 
 ``DATASET.ROOT/stanford_cars/`` holds ``cars_train/``, ``cars_test/`` and either CoOp's
 ``split_zhou_StanfordCars.json`` or the original release's annotations (``devkit/cars_meta.mat``,

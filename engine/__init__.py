@@ -1,12 +1,13 @@
-"""The framework seam (DESIGN §3): real Dassl when importable, else the built-in compatible subset.
+"""The framework seam: real Dassl when importable, else the built-in compatible subset.
 
 ``MIXPROMPT_ENGINE`` selects the backend: ``auto`` (default: Dassl if ``import dassl`` works),
 ``dassl`` (required; an error if it cannot be imported) or ``builtin``. Trainers and datasets import the
 names below from here and therefore register into whichever backend's registries are active.
 
 Whatever the backend, the project's own optimizers, LR schedulers (with warmup), checkpoint saving and
-loading are used, because Dassl's are broken on current torch (dassl-interface.md §6). The ``WANDB``
-config node and its W&B scalars exist on both backends.
+loading are used, because Dassl's are broken on current torch (its warm-up schedulers pass a removed
+``verbose`` argument; checkpoints holding pickled schedulers fail ``torch.load`` since torch 2.6). The
+``WANDB`` config node and its W&B scalars exist on both backends.
 
 Distributed training (torchrun, ``engine.distributed``, docs/distributed.md) is built-in only: on Dassl,
 ``train.py`` refuses WORLD_SIZE > 1 and says to set MIXPROMPT_ENGINE=builtin.

@@ -1,4 +1,4 @@
-"""Checkpoints in Dassl's layout (dassl-interface.md §4.5), written atomically, loadable on current torch.
+"""Checkpoints in Dassl's layout, written atomically, loadable on current torch.
 
 Layout per registered model: ``<dir>/<name>/model.pth.tar-<epoch>``, ``model-best.pth.tar`` and a
 ``checkpoint`` text file naming the latest one. A file is written to a temporary name in the same folder

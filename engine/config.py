@@ -1,5 +1,5 @@
 """Built-in config defaults: the keys and default values of Dassl's ``get_cfg_default`` that CoOp-style
-runs use (dassl-interface.md §1.2). Dassl's own method sub-nodes (TRAINER.MCD, ...) are not included.
+runs use. Dassl's own method sub-nodes (TRAINER.MCD, ...) are not included.
 
 Everything here is plain data, plus the engine's own ``WANDB`` node (``add_wandb_config``); the project-level
 additions (``DATASET.SUBSAMPLE_CLASSES`` and one ``TRAINER.<NAME>`` node per trainer) are added by

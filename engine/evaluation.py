@@ -1,4 +1,4 @@
-"""The Classification evaluator (dassl-interface.md §4.3): accuracy, error, macro-F1, per-class results."""
+"""The Classification evaluator: accuracy, error, macro-F1, per-class results."""
 from collections import OrderedDict, defaultdict
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Optimizers and LR schedulers (dassl-interface.md §4.1-4.2), used on both engines.
+"""Optimizers and LR schedulers, used on both engines.
 
 The scheduler is one class whose lr is a closed-form function of the number of completed scheduler steps
 (one step per epoch in CoOp-style trainers). It holds no other scheduler object, so its ``state_dict`` is

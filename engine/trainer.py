@@ -1,4 +1,4 @@
-"""Built-in trainer lifecycle: TrainerBase -> SimpleTrainer -> TrainerX (dassl-interface.md §2.3-2.10).
+"""Built-in trainer lifecycle: TrainerBase -> SimpleTrainer -> TrainerX.
 
 Same construction order, hooks, log lines, TensorBoard tags and checkpoint layout as Dassl's, plus two
 repairs: checkpoints also carry every RNG state, so a resumed run continues exactly where the

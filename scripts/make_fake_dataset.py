@@ -4,13 +4,13 @@
     python scripts/make_fake_dataset.py stanford_cars ROOT [--classes 6] [--train-per-class 8]
         [--test-per-class 4] [--seed 0] [--image-size 64] [--with-split] [--force]
 
-writes ROOT/stanford_cars/ in the original release format (reference/datasets.md §1.10).
+writes ROOT/stanford_cars/ in the original release format.
 
     python scripts/make_fake_dataset.py inaturalist ROOT --version {2017,2018,2019,2021,2021_mini}
         [--classes 6] [--train-per-class 8] [--val-per-class 3] [--seed 0] [--image-size 32] [--force]
 
-writes ROOT/inaturalist/<year>/ in that competition release's real format (JSONs + image folders,
-reference/datasets.md §2.7). Images are learnable: each class has its own colours and stripe/check/ring
+writes ROOT/inaturalist/<year>/ in that competition release's real format (JSONs + image folders, as
+docs/inaturalist.md describes). Images are learnable: each class has its own colours and stripe/check/ring
 pattern, with small per-image jitter. Each dataset is one ``write_fake_<name>`` function plus one subcommand.
 """
 import argparse
@@ -252,7 +252,7 @@ def write_fake_stanford_cars(root, classes=6, train_per_class=8, test_per_class=
 
 
 # --------------------------------------------------------------------------------------------------------
-# iNaturalist (reference/datasets.md §2.2-2.7)
+# iNaturalist
 # --------------------------------------------------------------------------------------------------------
 INAT_VERSIONS = ("2017", "2018", "2019", "2021", "2021_mini")
 INAT_VERSION_ALIASES = {"2021-mini": "2021_mini"}

@@ -1,4 +1,4 @@
-"""Datum, DatasetBase and few-shot sampling, compatible with Dassl's (dassl-interface.md §3.5-3.7).
+"""Datum, DatasetBase and few-shot sampling, compatible with Dassl's.
 
 ``generate_fewshot_dataset`` reproduces Dassl's algorithm and its use of Python's global ``random`` module
 exactly, so the same seed gives the same few-shot subset on both engines.

@@ -1,4 +1,4 @@
-"""DataManager and DatasetWrapper (dassl-interface.md §3.1-3.4), built-in engine.
+"""DataManager and DatasetWrapper, built-in engine.
 
 In a distributed run (``engine.distributed``) the training loader yields each rank its slice of the
 single-process loader's batches (``GlobalBatchSampler``): DATALOADER.TRAIN_X.BATCH_SIZE stays the global

@@ -1,4 +1,4 @@
-"""Image transforms named in configs (dassl-interface.md §3.8): the CoOp-relevant subset of Dassl's.
+"""Image transforms named in configs: the CoOp-relevant subset of Dassl's.
 
 The training pipeline is applied in Dassl's fixed order whatever the order of ``INPUT.TRANSFORMS``.
 Unsupported names stop with an error listing the supported ones.
