@@ -30,7 +30,7 @@ from .templates import IMAGENET_TEMPLATES_SELECT, dataset_template, format_class
 OFFSET_SPACES = ("feature", "token")
 SCOPES = ("class", "shared")
 TEMPLATE_SETS = ("dataset", "ensemble", "hierarchical")
-INITS = ("auto", "random", "templates", "kmeans")
+INITS = ("auto", "random", "random_coordinate", "templates", "kmeans")
 DIAGNOSTICS_FILE = "diagnostics.jsonl"
 SUMMARY_FILE = "diagnostics_summary.json"
 SUMMARY_MAX_COS_ENTRIES = 2_000_000  # C*K*K above this (e.g. iNaturalist at K 32): no per-class cosines
@@ -205,7 +205,9 @@ def template_offsets(text_encoder, dataset_name, classnames, metadata, base, n_s
 # ----------------------------------------------------------------------------------------- config
 def add_mixprompt_config(cfg):
     """TRAINER.MIXPROMPT with the fixed defaults. How they were chosen, with the measurements, is in
-    docs/collapse_benchmark.md; ``configs/trainers/MixPrompt/original.yaml`` keeps the earlier settings."""
+    docs/collapse_benchmark.md. ``configs/trainers/MixPrompt/seed.yaml`` is the earlier system's objective and
+    recipe term by term (docs/seed_analysis.md); ``original.yaml`` is a hybrid of its tau, L2 weight and
+    lambda with this code's objective, not a reproduction."""
     m = cfg.TRAINER.MIXPROMPT = CN()
     m.K = 8  # sub-prompts per class
     m.OFFSET_SPACE = "feature"  # feature: t = normalize(b[c] + delta); token: offsets on context embeddings
@@ -225,15 +227,31 @@ def add_mixprompt_config(cfg):
     m.TAU_START = 1.0
     m.TAU_END = 0.3
     m.TAU_SCHEDULE = "cosine"  # cosine | linear | exponential
-    m.SIM_SCALE = 100.0  # a in softmax_k(a * cos / tau) and in class scores (CLIP's logit scale is 100)
+    # linear lr warm-up over the first WARMUP_STEPS training steps (lr x step / WARMUP_STEPS, from 0), on top
+    # of the per-epoch OPTIM schedule; 0 = off. The earlier system warmed up for 2000 steps.
+    m.WARMUP_STEPS = 0
+    m.SIM_SCALE = 100.0  # a in s = a * cos, softmax_k(s / tau) and class scores (CLIP's logit scale is 100)
     m.LAMBDA_MIXTURE = 0.5  # loss = LAMBDA * mixture + (1 - LAMBDA) * class
+    # ce: -sum_k gamma log p(y, k) with p a softmax over all C*K pairs (pulls toward own, pushes others);
+    # pull: -sum_k gamma * s[y, k] on the own class only (the earlier system's; no push)
+    m.MIXTURE_LOSS = "ce"
     m.POOL = "lse"  # pooling of sub-prompt scores into class scores in training: max | lse | mean
     m.EVAL_POOL = ""  # pooling at inference ("" = POOL)
+    m.CLASS_TEMPERATURE = 1.0  # class loss = CE(pool(s) / CLASS_TEMPERATURE); the earlier system: 0.07
     m.OFFSET_REG_WEIGHT = 0.0001  # L2 on the raw offsets
-    # auto: kmeans in feature space, random in token space | random | templates | kmeans (the last two:
-    # feature space only)
+    # sum_d: w * mean over sub-prompts of |delta|^2 | mean: w * mean of delta^2 over all numbers (D x weaker)
+    m.OFFSET_REG_REDUCTION = "sum_d"
+    # auto: kmeans in feature space, random in token space | random (norm OFFSET_INIT_SCALE) |
+    # random_coordinate (std OFFSET_INIT_SCALE per coordinate: norm ~ scale * sqrt(D)) | templates | kmeans
+    # (the last two: feature space only)
     m.INIT = "auto"
-    m.OFFSET_INIT_SCALE = 0.3  # norm of an initial offset (relative to |b[c]| = 1 in feature space)
+    m.OFFSET_INIT_SCALE = 0.3  # norm of an initial offset (relative to |b[c]| = 1), per-coordinate std
+    # with INIT random_coordinate
+    # per-image entropy regulariser, w * (-mean_i H(gamma_i)): none | image_detached (H of the detached
+    # E-step targets: a constant with zero gradient, the earlier system's later form) | image (H of
+    # softmax(s / tau) with gradient: pushes every image toward uniform responsibilities)
+    m.ENTROPY = "none"
+    m.ENTROPY_WEIGHT = 0.0  # ENTROPY image_detached / image only
     m.DIVERSITY = "orthogonal"  # none | cosine | orthogonal: penalty on the final features t[c, :]
     m.DIVERSITY_WEIGHT = 1.0  # DIVERSITY cosine / orthogonal only
     m.BALANCE = "sinkhorn"  # none | marginal_entropy | sinkhorn (balanced epoch-level E-step)
@@ -258,6 +276,7 @@ MODE_KEYS = {
     "BALANCE_WEIGHT": ("BALANCE", ("marginal_entropy",)),
     "BALANCE_MOMENTUM": ("BALANCE", ("marginal_entropy",)),
     "SINKHORN_ITERS": ("BALANCE", ("sinkhorn",)),
+    "ENTROPY_WEIGHT": ("ENTROPY", ("image_detached", "image")),
 }
 
 
@@ -311,6 +330,8 @@ class MixPrompt(CLIPTrainer):
         init = resolve_init(m.INIT, m.OFFSET_SPACE)
         if init == "random":
             offsets = mm.random_offsets(shape, m.OFFSET_INIT_SCALE)
+        elif init == "random_coordinate":
+            offsets = mm.random_coordinate_offsets(shape, m.OFFSET_INIT_SCALE)
         elif init == "kmeans":
             features, labels, _ = self.train_features()
             offsets = mm.kmeans_offsets(features, labels, len(classnames), m.K, m.SCOPE, m.OFFSET_INIT_SCALE)
@@ -318,7 +339,10 @@ class MixPrompt(CLIPTrainer):
             offsets = template_offsets(model.text_encoder, self.cfg.DATASET.NAME, classnames, metadata,
                                        learner.base_features, m.K, m.SCOPE, m.OFFSET_INIT_SCALE)
         learner.offsets.copy_(offsets)
-        print(f"Initialised {m.K} sub-prompts per class ({m.OFFSET_SPACE} space, {m.SCOPE} scope, init {init})")
+        # the features the sub-prompts start from: the diagnostics measure how far each one moves
+        self._initial_features = model.text_features().detach().float().cpu()  # (C, K, D)
+        print(f"Initialised {m.K} sub-prompts per class ({m.OFFSET_SPACE} space, {m.SCOPE} scope, init {init}); "
+              f"initial feature cosine {float(mm.pairwise_cosine(self._initial_features).mean()):.4f}")
 
     def train_features(self):
         """Image features (N, D) of the training images under the test transform, their labels (N,) and
@@ -363,8 +387,19 @@ class MixPrompt(CLIPTrainer):
         table[indices.to(self.device)] = gamma
         return table
 
+    def step_warmup(self):
+        """Scale the epoch schedule's lr by step / WARMUP_STEPS while the global step is below WARMUP_STEPS
+        (a function of the step alone, so a resumed run continues the same ramp)."""
+        warmup = self.cfg.TRAINER.MIXPROMPT.WARMUP_STEPS
+        step = self.epoch * len(self.train_loader_x) + self.batch_idx
+        if warmup <= 0 or step > warmup:  # at step == warmup the epoch lr is restored
+            return
+        for group, lr in zip(self.optim.param_groups, self.sched.get_last_lr()):
+            group["lr"] = lr * min(step / warmup, 1.0)
+
     def compute_loss(self, batch):
         m = self.cfg.TRAINER.MIXPROMPT
+        self.step_warmup()
         image_features, label = self.batch_image_features(batch)
         tau = self.tau_at_step(self.epoch, self.batch_idx)
         # target: each image's position among the scored classes (its label unless CLASS_SAMPLE)
@@ -410,7 +445,8 @@ class MixPrompt(CLIPTrainer):
         tau = self.tau_at_step(self.epoch, len(self.train_loader_x) - 1)
         gamma = mm.responsibilities(own, tau)
         diag = collapse_diagnostics(self.model.prompt_learner.flat_offsets().cpu(), subprompts.cpu(), gamma.cpu(),
-                                    labels.cpu(), m.COLLAPSE_FEATURE_COS, m.COLLAPSE_TOP1_SHARE)
+                                    labels.cpu(), m.COLLAPSE_FEATURE_COS, m.COLLAPSE_TOP1_SHARE,
+                                    self._initial_features)
         diag["tau"] = tau
         if with_assignments:
             items = self.dm.dataset.train_x
@@ -489,6 +525,9 @@ def validate_mixprompt_cfg(cfg):
     choice("INIT", INITS)
     choice("DIVERSITY", mm.DIVERSITY_TYPES)
     choice("BALANCE", mm.BALANCE_TYPES)
+    choice("MIXTURE_LOSS", mm.MIXTURE_LOSSES)
+    choice("OFFSET_REG_REDUCTION", mm.OFFSET_REG_REDUCTIONS)
+    choice("ENTROPY", mm.ENTROPY_TYPES)
     if not m.TAU_START > 0 or not m.TAU_END > 0:
         raise ConfigError(f"{key}.TAU_START / TAU_END: must be positive, got {m.TAU_START} / {m.TAU_END}")
     if m.TAU_END > m.TAU_START:
@@ -498,11 +537,11 @@ def validate_mixprompt_cfg(cfg):
         raise ConfigError(f"{key}.LAMBDA_MIXTURE: must be in [0, 1], got {m.LAMBDA_MIXTURE}")
     if not 0.0 <= m.BALANCE_MOMENTUM < 1.0:
         raise ConfigError(f"{key}.BALANCE_MOMENTUM: must be in [0, 1), got {m.BALANCE_MOMENTUM}")
-    for name in ("SIM_SCALE",):
+    for name in ("SIM_SCALE", "CLASS_TEMPERATURE"):
         if not m[name] > 0:
             raise ConfigError(f"{key}.{name}: must be positive, got {m[name]}")
-    for name in ("OFFSET_REG_WEIGHT", "DIVERSITY_WEIGHT", "BALANCE_WEIGHT", "OFFSET_INIT_SCALE", "ENCODE_CHUNK",
-                 "CLASS_SAMPLE"):
+    for name in ("OFFSET_REG_WEIGHT", "DIVERSITY_WEIGHT", "BALANCE_WEIGHT", "ENTROPY_WEIGHT", "OFFSET_INIT_SCALE",
+                 "ENCODE_CHUNK", "CLASS_SAMPLE", "WARMUP_STEPS"):
         if m[name] < 0:
             raise ConfigError(f"{key}.{name}: must be >= 0, got {m[name]}")
     if m.SINKHORN_ITERS < 1:
@@ -510,9 +549,9 @@ def validate_mixprompt_cfg(cfg):
     if not 0.0 <= m.COLLAPSE_TOP1_SHARE <= 1.0 or not -1.0 <= m.COLLAPSE_FEATURE_COS <= 1.0:
         raise ConfigError(f"{key}.COLLAPSE_TOP1_SHARE / COLLAPSE_FEATURE_COS: a share in [0, 1] and a cosine in "
                           f"[-1, 1], got {m.COLLAPSE_TOP1_SHARE} / {m.COLLAPSE_FEATURE_COS}")
-    if m.OFFSET_SPACE == "token" and m.INIT not in ("auto", "random"):
+    if m.OFFSET_SPACE == "token" and m.INIT not in ("auto", "random", "random_coordinate"):
         raise ConfigError(f'{key}.INIT: "{m.INIT}" initialises offsets in feature space; token-space offsets '
-                          "support INIT auto or random")
+                          "support INIT auto, random or random_coordinate")
     defaults = default_node(MixPrompt)
     for name, (mode, applies) in MODE_KEYS.items():
         if m[mode] not in applies and m[name] != defaults[name]:

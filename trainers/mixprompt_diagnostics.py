@@ -11,6 +11,10 @@
   half of the classes are. Why 0.98 and not 0.95: classes of working runs (the fixed defaults) with
   feature_cos 0.95-0.97 still split their images (eff_k ~3 of 4), so 0.95 alone would flag working
   sub-prompts; the collapse of the original settings shows in the usage (top1_share ~0.99).
+- why (with the features the sub-prompts started from): ``initial_feature_cos``, the mean pairwise cosine
+  of the initial features t0[c, :]; per sub-prompt ``moved`` = 1 - cos(t[c, k], t0[c, k]) and ``wins``,
+  the number of the class's training images whose arg-max sub-prompt it is; ``moved_winners`` /
+  ``moved_losers``: mean ``moved`` of sub-prompts that win at least one image / none;
 - mode recovery (data with known modes): per class, the normalised mutual information and the purity
   between each image's arg-max sub-prompt and its true mode.
 """
@@ -18,6 +22,7 @@ import math
 from collections import Counter, defaultdict
 
 import torch
+import torch.nn.functional as F
 
 from .mixprompt_model import entropy, pairwise_cosine, usage_from_gamma
 
@@ -34,9 +39,10 @@ def _quantiles(values):
 @torch.no_grad()
 def collapse_diagnostics(offsets, subprompt_features, gamma, labels,
                          collapse_feature_cos=DEFAULT_COLLAPSE_FEATURE_COS,
-                         collapse_top1_share=DEFAULT_COLLAPSE_TOP1_SHARE):
+                         collapse_top1_share=DEFAULT_COLLAPSE_TOP1_SHARE, initial_features=None):
     """Diagnostics dict from flattened offsets, (C, K, P) per class or (K, P) shared, features (C, K, D), responsibilities
-    gamma (N, K) of N training images with labels (N,). Means are over classes that have images."""
+    gamma (N, K) of N training images with labels (N,). Means are over classes that have images. With
+    ``initial_features`` (C, K, D), the features at initialisation, also the movement statistics."""
     n_cls, n_sub = subprompt_features.shape[:2]
     if offsets.dim() == 2:  # shared scope: (K, P), the same for every class
         offset_cos = pairwise_cosine(offsets.float().unsqueeze(0)).expand(n_cls)
@@ -64,6 +70,11 @@ def collapse_diagnostics(offsets, subprompt_features, gamma, labels,
         "labels": idx.tolist(),
     }
     collapsed_frac = mean(collapsed)
+    movement = {}
+    if initial_features is not None:
+        movement, moved_per_class = movement_statistics(subprompt_features, initial_features,
+                                                        hard * counts.unsqueeze(1), idx)
+        per_class.update(moved_per_class)
     return {
         "K": n_sub,
         "num_classes": len(idx),
@@ -76,10 +87,27 @@ def collapse_diagnostics(offsets, subprompt_features, gamma, labels,
         "collapsed": bool(collapsed_frac >= 0.5) if not math.isnan(collapsed_frac) else False,
         "distributions": {k: _quantiles(per_class[k]) for k in ("feature_cos", "eff_k", "top1_share")}
         if len(idx) else {},
+        **movement,
         "per_class": per_class,
         "rule": f"class collapsed if feature_cos >= {collapse_feature_cos} or top1_share >= {collapse_top1_share}; "
                 "run collapsed if >= 50% of classes are",
     }
+
+
+def movement_statistics(subprompt_features, initial_features, wins, classes):
+    """How far each sub-prompt moved from its initial feature and whether it wins images, over ``classes``:
+    (means, per class). Means: ``initial_feature_cos``, ``moved``, ``moved_winners``, ``moved_losers`` (NaN
+    when there is none); per class lists: ``moved`` (1 - cos(t, t0), (C_p, K)), ``wins`` (image counts)."""
+    feats, init = subprompt_features.float()[classes], initial_features.float()[classes]  # (C_p, K, D)
+    moved = 1 - F.cosine_similarity(feats, init, dim=-1)  # (C_p, K)
+    won = wins[classes] > 0
+
+    def mean_of(mask):
+        return float(moved[mask].mean()) if bool(mask.any()) else float("nan")
+
+    means = {"initial_feature_cos": float(pairwise_cosine(init).mean()) if len(classes) else float("nan"),
+             "moved": mean_of(torch.ones_like(won)), "moved_winners": mean_of(won), "moved_losers": mean_of(~won)}
+    return means, {"moved": moved.tolist(), "wins": wins[classes].round().int().tolist()}
 
 
 def usage_statistics(usage):

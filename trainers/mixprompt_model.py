@@ -30,6 +30,9 @@ TAU_SCHEDULES = ("cosine", "linear", "exponential")
 POOLS = ("max", "lse", "mean")
 DIVERSITY_TYPES = ("none", "cosine", "orthogonal")
 BALANCE_TYPES = ("none", "marginal_entropy", "sinkhorn")
+MIXTURE_LOSSES = ("ce", "pull")
+OFFSET_REG_REDUCTIONS = ("sum_d", "mean")
+ENTROPY_TYPES = ("none", "image_detached", "image")
 
 
 def tau_at(progress, tau_start, tau_end, schedule="cosine"):
@@ -78,8 +81,36 @@ def mixture_loss(scores, labels, gamma):
     return -(gamma * own_class_scores(log_p, labels)).sum(dim=-1).mean()
 
 
-def class_loss(scores, labels, pool):
-    return F.cross_entropy(pool_scores(scores, pool), labels)
+def pull_loss(scores, labels, gamma):
+    """-sum_k gamma[i, k] s[i, y_i, k], averaged over images: pulls each image's own-class sub-prompts toward
+    it in proportion to gamma, pushes nothing away (the earlier system's mixture loss, on raw scores)."""
+    return -(gamma * own_class_scores(scores, labels)).sum(dim=-1).mean()
+
+
+def class_loss(scores, labels, pool, temperature=1.0):
+    """Cross-entropy of the pooled class scores divided by ``temperature``."""
+    return F.cross_entropy(pool_scores(scores, pool) / temperature, labels)
+
+
+def offset_l2(offsets, reduction):
+    """``sum_d``: mean over sub-prompts of |delta|^2 (summed over the feature dim); ``mean``: mean of
+    delta^2 over every number (D times weaker for offsets of dimension D)."""
+    if reduction == "sum_d":
+        return offsets.pow(2).sum(-1).mean()
+    if reduction == "mean":
+        return offsets.pow(2).mean()
+    raise ValueError(f"unknown offset L2 reduction {reduction!r}; expected one of {OFFSET_REG_REDUCTIONS}")
+
+
+def image_entropy_loss(own_scores, gamma, tau, kind):
+    """-mean_i H(responsibilities of image i). ``image_detached``: H of the detached E-step targets ``gamma``,
+    a constant (zero gradient; the form the earlier system added after its collapse); ``image``: H of
+    softmax(own_scores / tau) with gradient, which pushes each image toward uniform responsibilities."""
+    if kind == "image_detached":
+        return -entropy(gamma.detach()).mean()
+    if kind == "image":
+        return -entropy(responsibilities(own_scores, tau)).mean()
+    raise ValueError(f"unknown entropy type {kind!r}; expected one of {ENTROPY_TYPES}")
 
 
 def pairwise_cosine(vectors):
@@ -195,10 +226,15 @@ def usage_from_gamma(gamma, labels, n_cls):
 class MixPromptObjective:
     """The training loss of one batch and its named terms (``TRAINER.MIXPROMPT`` keys in brackets):
 
-    L = lambda * mixture + (1 - lambda) * class          [LAMBDA_MIXTURE, POOL]
-        + w_reg * mean_{c,k} |delta[c, k]|^2               [OFFSET_REG_WEIGHT]
+    L = lambda * mixture + (1 - lambda) * class          [LAMBDA_MIXTURE]
+        + w_reg * l2(delta)                                [OFFSET_REG_WEIGHT, OFFSET_REG_REDUCTION]
         + w_div * diversity(t)                             [DIVERSITY, DIVERSITY_WEIGHT]
         + w_bal * usage_balance(soft gamma, running usage) [BALANCE marginal_entropy, BALANCE_WEIGHT, _MOMENTUM]
+        + w_ent * (-mean_i H(responsibilities of image i)) [ENTROPY, ENTROPY_WEIGHT]
+
+    mixture [MIXTURE_LOSS]: ``ce``, gamma-weighted cross-entropy over all C*K (class, sub-prompt) pairs
+    (``mixture_loss``); ``pull``, -sum_k gamma s on the own class only (``pull_loss``). class: cross-entropy
+    of pool(s) / CLASS_TEMPERATURE [POOL, CLASS_TEMPERATURE]. l2: ``offset_l2`` (sum_d | mean).
     """
     lambda_mixture: float = 0.5
     pool: str = "lse"
@@ -208,12 +244,18 @@ class MixPromptObjective:
     balance: str = "none"
     balance_weight: float = 0.0
     balance_momentum: float = 0.9
+    mixture: str = "ce"
+    class_temperature: float = 1.0
+    offset_reg_reduction: str = "sum_d"
+    entropy: str = "none"
+    entropy_weight: float = 0.0
 
     @classmethod
     def from_cfg(cls, m):
         """From a ``TRAINER.MIXPROMPT`` config node."""
         return cls(m.LAMBDA_MIXTURE, m.POOL, m.OFFSET_REG_WEIGHT, m.DIVERSITY, m.DIVERSITY_WEIGHT, m.BALANCE,
-                   m.BALANCE_WEIGHT, m.BALANCE_MOMENTUM)
+                   m.BALANCE_WEIGHT, m.BALANCE_MOMENTUM, m.MIXTURE_LOSS, m.CLASS_TEMPERATURE,
+                   m.OFFSET_REG_REDUCTION, m.ENTROPY, m.ENTROPY_WEIGHT)
 
     def __call__(self, scores, target, gamma, subprompt_features, offsets, tau=None, running_usage=None, labels=None):
         """(loss, terms) for sub-prompt scores (B, S, K) of the scored classes, each image's position
@@ -222,12 +264,16 @@ class MixPromptObjective:
         class usage (C, K) and the images' classes ``labels`` (B,) (= ``target`` when every class is scored);
         then ``terms["batch_usage"]`` and ``terms["classes"]`` hold what the running estimate is updated
         with (``update_running_usage``)."""
-        loss_mix = mixture_loss(scores, target, gamma)
-        loss_cls = class_loss(scores, target, self.pool)
+        loss_mix = (pull_loss if self.mixture == "pull" else mixture_loss)(scores, target, gamma)
+        loss_cls = class_loss(scores, target, self.pool, self.class_temperature)
         loss = self.lambda_mixture * loss_mix + (1 - self.lambda_mixture) * loss_cls
         terms = {"loss_mix": loss_mix.item(), "loss_cls": loss_cls.item()}
         if self.offset_reg_weight > 0:
-            loss = loss + self.offset_reg_weight * offsets.pow(2).sum(-1).mean()
+            loss = loss + self.offset_reg_weight * offset_l2(offsets, self.offset_reg_reduction)
+        if self.entropy != "none" and self.entropy_weight > 0:
+            loss_ent = image_entropy_loss(own_class_scores(scores, target), gamma, tau, self.entropy)
+            loss = loss + self.entropy_weight * loss_ent
+            terms["loss_ent"] = loss_ent.item()
         if self.diversity != "none" and self.diversity_weight > 0:
             loss_div = diversity_loss(subprompt_features, self.diversity)
             loss = loss + self.diversity_weight * loss_div
@@ -259,6 +305,12 @@ def feature_subprompts(base_features, offsets):
 def random_offsets(shape, scale, generator=None):
     """Gaussian offsets whose expected norm (over the last dim) is ``scale``."""
     return torch.randn(shape, generator=generator) * (scale / shape[-1] ** 0.5)
+
+
+def random_coordinate_offsets(shape, std, generator=None):
+    """Gaussian offsets with standard deviation ``std`` per coordinate (norm ~ std * sqrt(D): 0.23 for
+    std 0.01 at D = 512), the earlier system's ``randn * 0.01``."""
+    return torch.randn(shape, generator=generator) * std
 
 
 def kmeans(points, n_clusters, n_iters=25, generator=None):
