@@ -68,19 +68,57 @@ def test_synthetic_dataset_has_known_modes_imbalance_and_separation(tmp_path):
 def test_bench_cli_original_collapses_fixed_recovers_modes(tmp_path):
     out = tmp_path / "bench"
     proc = subprocess.run(
-        [sys.executable, "scripts/collapse_bench.py", "--K", "4", "--seeds", "1", "--settings", "original", "fixed",
-         "--classes", "3", "--modes", "3", "--images-per-mode", "6", "--test-per-mode", "2", "--epochs", "8",
+        [sys.executable, "scripts/collapse_bench.py", "--backbone", "random", "--K", "4", "--seeds", "1", "--settings",
+         "original", "fixed", "1nn", "oracle_mode_means", "oracle_kmeans", "tip", "--classes", "3", "--modes", "3", "--images-per-mode", "6", "--test-per-mode", "2", "--epochs", "8",
          "--batch-size", "8", "--out", str(out), "--json", str(out / "bench.json")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| setting" in proc.stdout and "NMI" in proc.stdout
+    assert "| setting" in proc.stdout and "NMI" in proc.stdout and "oracle_* rows use the true modes" in proc.stdout
     rows = {r["setting"]: r for r in json.load(open(out / "bench.json"))["table"]}
+    assert rows["oracle_mode_means"]["accuracy"] > 90 and rows["oracle_kmeans"]["nmi"] > 0.5  # modes are separable
+    assert rows["1nn"]["accuracy"] is not None and rows["tip"]["accuracy"] is not None and rows["tip"]["nmi"] is None
     original, fixed = rows["original"], rows["fixed"]
     assert original["collapsed"] == 1.0 and original["eff_k"] < 1.3 and original["nmi"] < 0.2
     assert fixed["collapsed"] == 0.0 and fixed["eff_k"] > 2.0 and fixed["nmi"] > original["nmi"] + 0.3
     # a second call reuses the finished runs instead of training again
     again = subprocess.run(
-        [sys.executable, "scripts/collapse_bench.py", "--K", "4", "--seeds", "1", "--settings", "original",
-         "--classes", "3", "--modes", "3", "--images-per-mode", "6", "--test-per-mode", "2", "--epochs", "8",
+        [sys.executable, "scripts/collapse_bench.py", "--backbone", "random", "--K", "4", "--seeds", "1", "--settings",
+         "original", "oracle_kmeans", "--classes", "3", "--modes", "3", "--images-per-mode", "6", "--test-per-mode", "2", "--epochs", "8",
          "--batch-size", "8", "--out", str(out)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert "(reused)" in again.stdout
+    assert again.stdout.count("(reused)") == 2
+
+
+def test_feature_references_and_oracles_on_known_features(bench):
+    import torch
+    import torch.nn.functional as F
+
+    # two classes x two modes; each (class, mode) a tight cluster around its own direction
+    centres = F.normalize(torch.eye(8)[:4] + 0.1, dim=-1)
+    mode = torch.tensor([0, 1] * 8)
+    label = torch.tensor([0] * 8 + [1] * 8)
+    x = F.normalize(centres[label * 2 + mode] + 0.01 * torch.randn(16, 8, generator=torch.Generator().manual_seed(0)),
+                    dim=-1)
+    test_x, test_y = centres, torch.tensor([0, 0, 1, 1])
+    assert bench.nearest_mode_mean_accuracy(x, label, mode, test_x, test_y) == pytest.approx(100.0)
+    assert bench.nearest_neighbour_accuracy(x, label, test_x, test_y) == pytest.approx(100.0)
+    assert bench.kmeans_mode_recovery(x, label, mode, 2, seed=1) == pytest.approx((1.0, 1.0))
+    shuffled = torch.tensor([0, 0, 1, 1] * 4)  # modes unrelated to the clusters: k-means cannot find them
+    assert bench.kmeans_mode_recovery(x, label, shuffled, 2, seed=1)[0] < 0.2
+    # a mean per class (one mode) misclassifies when a class's two modes surround another class's mode
+    xs, ys, ms = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]), torch.tensor([0, 0, 1]), torch.tensor([0, 1, 0])
+    tx, ty = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.7071, 0.7071]]), torch.tensor([0, 0, 1])
+    assert bench.nearest_mode_mean_accuracy(xs, ys, ms, tx, ty) == pytest.approx(100.0)
+    assert bench.nearest_mode_mean_accuracy(xs, ys, torch.zeros(3, dtype=torch.long), tx, ty) < 100.0
+
+
+def test_world_backbone_is_the_default_with_the_documented_data(bench, tmp_path):
+    args = bench.build_parser().parse_args(["--out", str(tmp_path)])
+    assert args.backbone == "world"
+    opts = dict(zip(*[iter(bench.data_opts(args))] * 2))
+    w = "DATASET.SYNTHETIC_WORLD."
+    assert (opts[w + "NUM_CLASSES"], opts[w + "NUM_MODES"], opts[w + "TRAIN_PER_CLASS"], opts[w + "TEST_PER_CLASS"],
+            opts["INPUT.SIZE"]) == ("6", "4", "32", "16", "(32, 32)")
+    argv = bench.train_argv(args, "fixed", 8, 1, str(tmp_path / "run"), "w.pt")
+    assert argv[argv.index("--dataset-config-file") + 1].endswith("synthetic_world_modes.yaml")
+    with pytest.raises(SystemExit):
+        bench.main(["--separation", "0.5", "--out", str(tmp_path)])  # random backbone only
