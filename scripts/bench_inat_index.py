@@ -2,7 +2,7 @@
 """Benchmark the iNaturalist annotation index: parse time and peak memory, first run vs cached run.
 
     nice python scripts/bench_inat_index.py [--images 2686843] [--classes 10000] [--workdir DIR]
-        [--json-load] [--keep]
+        [--json-load] [--ijson] [--keep]
 
 Generates a train JSON with the 2021 schema and size (2,686,843 images and annotations, 10,000 categories
 with every 2021 field; about 1 GB) under ``WORKDIR/inaturalist/2021/train.json`` (reused when it already
@@ -12,7 +12,11 @@ has the requested size), then measures, each in a fresh process so that peak RSS
 - ``cached``: the same call once the cache exists, plus what a run then does on the whole index (group the
   rows by category, carve the held-out val, draw a 16-shot subset of all classes);
 - ``json.load`` (with ``--json-load``): the plain-stdlib reference, ``json.load`` of the whole document
-  reduced to (file_name, category_id) pairs, for comparison.
+  reduced to (file_name, category_id) pairs, for comparison;
+- ``ijson`` (with ``--ijson``, needs the ijson package): the same index built with ijson's ``items`` (one
+  pass per key, yajl2_c backend where available) instead of the hand-written reader, checked to give the same
+  arrays. yajl rejects ``NaN``, so with ``--ijson`` the generated file writes ``null`` where the 2021 schema
+  has NaN coordinates.
 
 Prints one line per step (wall seconds, peak RSS in MiB, the process's RSS before the step) and the ratios.
 No image files are written: the index does not need them.
@@ -79,8 +83,9 @@ def _class_counts(num_images, num_classes, rng):
     return counts
 
 
-def generate(path, num_images, num_classes, seed=0):
-    """Write a train JSON with the 2021 schema: images, categories, annotations, in the real key order."""
+def generate(path, num_images, num_classes, seed=0, nan="NaN"):
+    """Write a train JSON with the 2021 schema: images, categories, annotations, in the real key order.
+    ``nan`` is written for missing coordinates (``null`` for parsers that reject NaN)."""
     rng = random.Random(seed)
     categories = _categories(num_classes, rng)
     labels = [cid for cid, n in enumerate(_class_counts(num_images, num_classes, rng)) for _ in range(n)]
@@ -97,8 +102,8 @@ def generate(path, num_images, num_classes, seed=0):
             bits = rng.getrandbits(128)
             u = f"{bits:032x}"
             name = f"{u[:8]}-{u[8:12]}-4{u[13:16]}-a{u[17:20]}-{u[20:32]}.jpg"
-            lat = "NaN" if i % 97 == 0 else f"{rng.uniform(-60, 70):.5f}"
-            lon = "NaN" if i % 97 == 0 else f"{rng.uniform(-180, 180):.5f}"
+            lat = nan if i % 97 == 0 else f"{rng.uniform(-60, 70):.5f}"
+            lon = nan if i % 97 == 0 else f"{rng.uniform(-180, 180):.5f}"
             unc = "null" if i % 97 == 0 else str(rng.randint(1, 9000))
             chunk.append(
                 f'{{"id": {i}, "width": 500, "height": {rng.randint(200, 500)}, "file_name": '
@@ -164,14 +169,69 @@ def step_json_load(json_path, cache_path):
     return {"seconds": time.perf_counter() - start, "rows": len(pairs), "rss_before": before}
 
 
-STEPS = {"first": step_first, "cached": step_cached, "json.load": step_json_load}
+def parse_with_ijson(path):
+    """``parse_annotation_file``'s parsing step with ijson (one ``items`` pass per key), for comparison."""
+    import array
+    import ijson
+    from datasets.inaturalist import AnnotationIndex, _check_and_join
+    image_id, dir_index, name_end, blob = array.array("q"), array.array("i"), array.array("q"), bytearray()
+    ann_image, ann_category, dirs = array.array("q"), array.array("q"), {}
+
+    def items(prefix):
+        with open(path, "rb") as f:
+            yield from ijson.items(f, prefix, use_float=True, buf_size=1 << 22)
+
+    for image in items("images.item"):
+        folder, _, name = image["file_name"].rpartition("/")
+        code = dirs.get(folder)
+        if code is None:
+            code = dirs[folder] = len(dirs)
+        image_id.append(image["id"])
+        dir_index.append(code)
+        blob.extend(name.encode("utf-8"))
+        name_end.append(len(blob))
+    for annotation in items("annotations.item"):
+        ann_image.append(annotation["image_id"])
+        ann_category.append(annotation["category_id"])
+    categories = list(items("categories.item"))
+    info = next(items("info"), {})
+    arrays = _check_and_join(path, image_id, dir_index, name_end, blob, ann_image, ann_category, dirs, categories)
+    return AnnotationIndex(path, arrays, list(dirs), categories, info), ijson.backend
+
+
+def step_ijson(json_path, cache_path):
+    import numpy as np
+    from datasets.inaturalist import parse_annotation_file
+    before = peak_rss_mib()
+    start = time.perf_counter()
+    index, backend = parse_with_ijson(str(json_path))
+    seconds = time.perf_counter() - start
+    peak = peak_rss_mib()
+    ours = parse_annotation_file(str(json_path))  # after the measurement: equivalence only
+    same = all(np.array_equal(getattr(index, k), getattr(ours, k)) for k in index.ARRAYS) and \
+        (index.dirs, index.categories, index.info) == (ours.dirs, ours.categories, ours.info)
+    return {"seconds": seconds, "rows": len(index), "rss_before": before, "peak_rss_mib": peak,
+            "backend": backend, "same_arrays": same}
+
+
+def step_parse(json_path, cache_path):
+    """The hand-written reader alone (``parse_annotation_file``, no cache write): ``ijson``'s counterpart."""
+    from datasets.inaturalist import parse_annotation_file
+    before = peak_rss_mib()
+    start = time.perf_counter()
+    index = parse_annotation_file(str(json_path))
+    return {"seconds": time.perf_counter() - start, "rows": len(index), "rss_before": before}
+
+
+STEPS = {"first": step_first, "cached": step_cached, "json.load": step_json_load, "parse": step_parse,
+         "ijson": step_ijson}
 
 
 def run_step(name, json_path, cache_path):
     """Run one step in a fresh interpreter; returns its result dict plus its peak RSS."""
     code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import importlib.util as u; "
             "s = u.spec_from_file_location('bench', sys.argv[2]); m = u.module_from_spec(s); s.loader.exec_module(m); "
-            "r = m.STEPS[sys.argv[3]](sys.argv[4], sys.argv[5]); r['peak_rss_mib'] = m.peak_rss_mib(); "
+            "r = m.STEPS[sys.argv[3]](sys.argv[4], sys.argv[5]); r.setdefault('peak_rss_mib', m.peak_rss_mib()); "
             "print('RESULT ' + json.dumps(r))")
     proc = subprocess.run([sys.executable, "-c", code, str(REPO_ROOT), __file__, name, str(json_path), str(cache_path)],
                           capture_output=True, text=True, env=dict(os.environ, PYTHONHASHSEED="0"))
@@ -187,23 +247,28 @@ def main(argv=None):
     parser.add_argument("--classes", type=int, default=10_000)
     parser.add_argument("--workdir", default="", help="where to write the JSON (default: a temporary folder)")
     parser.add_argument("--json-load", action="store_true", help="also measure plain json.load for reference")
+    parser.add_argument("--ijson", action="store_true",
+                        help="also measure the hand-written parse alone and ijson's (file written with null for NaN)")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_inat_"))
     json_path = workdir / "inaturalist" / "2021" / "train.json"
     cache_path = workdir / "inaturalist" / "2021" / "index_cache" / "train.json.npz"
     marker = json_path.with_suffix(".json.params")
-    params = f"{args.images} {args.classes}"
+    nan = "null" if args.ijson else "NaN"
+    params = f"{args.images} {args.classes}" + (" null" if args.ijson else "")
     if not (json_path.is_file() and marker.is_file() and marker.read_text() == params):
-        generate(json_path, args.images, args.classes)
+        generate(json_path, args.images, args.classes, nan=nan)
         marker.write_text(params)
     size = json_path.stat().st_size
     print(f"JSON: {json_path} ({size / 2**20:,.0f} MiB, {args.images:,} images, {args.classes:,} classes)")
     results = {}
-    for name in ["first", "cached"] + (["json.load"] if args.json_load else []):
+    for name in ["first", "cached"] + (["json.load"] if args.json_load else []) + \
+            (["parse", "ijson"] if args.ijson else []):
         results[name] = r = run_step(name, json_path, cache_path)
         extra = f", cache file {r['cache_mib']:.0f} MiB" if "cache_mib" in r else ""
         extra += f" (index load {r['load_seconds']:.2f}s)" if "load_seconds" in r else ""
+        extra += f" (backend {r['backend']}, same arrays: {r['same_arrays']})" if "backend" in r else ""
         r["own_mib"] = r["peak_rss_mib"] - r["rss_before"]
         print(f"{name:>10}: {r['seconds']:7.2f} s  peak RSS {r['peak_rss_mib']:7,.0f} MiB = "
               f"{r['rss_before']:5,.0f} MiB before the step (interpreter + imports) + {r['own_mib']:7,.0f} MiB for "
@@ -215,6 +280,10 @@ def main(argv=None):
         ref = results["json.load"]
         print(f"first (streaming) vs json.load: {ref['seconds'] / first['seconds']:.2f}x the speed, "
               f"{ref['own_mib'] / max(first['own_mib'], 1):.1f}x less memory for the step")
+    if "ijson" in results:
+        ref, ours = results["ijson"], results["parse"]
+        print(f"ijson vs parse (hand-written): {ref['seconds'] / ours['seconds']:.2f}x the time, "
+              f"{ref['own_mib'] / max(ours['own_mib'], 1):.2f}x the memory for the step")
     if not args.keep and not args.workdir:
         shutil.rmtree(workdir)
     return 0
