@@ -7,7 +7,9 @@
 A run is a folder holding ``diagnostics.jsonl`` (one JSON object per epoch, written by the MixPrompt
 trainer). The table has one row per run, from its last epoch: run (path under ROOT), dataset, K, epoch,
 offset_cos, feature_cos, eff_k, top1_share, dead and collapsed (with the number of collapsed classes; the
-rule is printed under the table and defined in ``trainers/mixprompt_diagnostics.py``). Dataset and K come
+rule is printed under the table and defined in ``trainers/mixprompt_diagnostics.py``). Runs that measured
+movement add why: initial_cos (the features' pairwise cosine at initialisation), moved_won and moved_lost
+(mean 1 - cos(t, t0) of the sub-prompts that win at least one training image / none). Dataset and K come
 from the run's record or config.yaml (``trainers/run_index.py``, as for ``parse_results.py``).
 
 ``--plot DIR`` writes, per run (file names = the run path with ``/`` -> ``__``):
@@ -43,6 +45,8 @@ DIAGNOSTICS_FILE = "diagnostics.jsonl"
 SUMMARY_FILE = "diagnostics_summary.json"
 METRICS = ("offset_cos", "feature_cos", "eff_k", "top1_share", "dead")
 HEADERS = ["run", "dataset", "K", "epoch", *METRICS, "collapsed"]
+#: movement diagnostics (runs since they were added): key in diagnostics.jsonl -> column
+WHY = {"initial_feature_cos": "initial_cos", "moved_winners": "moved_won", "moved_losers": "moved_lost"}
 DEFAULT_THRESHOLDS = {"feature_cos": DEFAULT_COLLAPSE_FEATURE_COS, "top1_share": DEFAULT_COLLAPSE_TOP1_SHARE}
 
 
@@ -114,8 +118,13 @@ def collapsed_classes(diag):
 
 
 # ------------------------------------------------------------------------------------------ table
+def why_keys(runs):
+    """The movement diagnostics to show: all of them when any run has them, else none (older runs)."""
+    return list(WHY) if any("initial_feature_cos" in r["last"] for r in runs) else []
+
+
 def table_rows(runs, digits=4):
-    rows = []
+    rows, why = [], why_keys(runs)
     for r in runs:
         d = r["last"]
         count, n = collapsed_classes(d)
@@ -125,7 +134,7 @@ def table_rows(runs, digits=4):
             flag += f" ({count}/{n} classes)"
         rows.append([r["run"], r["dataset"], d.get("K"), epoch,
                      *[fmt(d.get(m), 2 if m == "dead" else (3 if m == "eff_k" or m == "top1_share" else digits))
-                       for m in METRICS], flag])
+                       for m in METRICS], flag, *[fmt(d.get(m), digits) for m in why]])
     return rows
 
 
@@ -138,7 +147,8 @@ def render(runs, fmt_name):
             out.append({"run": r["run"], "dir": r["dir"], "dataset": r["dataset"], "config": r["config"],
                         "seed": r["seed"], "K": d.get("K"), "epoch": d.get("epoch"), "max_epoch": r["max_epoch"],
                         **{m: d.get(m) for m in METRICS}, "collapsed": bool(d.get("collapsed")),
-                        "collapsed_classes": count, "num_classes": n, "rule": d.get("rule")})
+                        "collapsed_classes": count, "num_classes": n, "rule": d.get("rule"),
+                        **{m: d[m] for m in WHY if m in d}})
         return json.dumps(out, indent=2)
     if fmt_name == "csv":
         import csv
@@ -154,10 +164,14 @@ def render(runs, fmt_name):
     from tabulate import tabulate
 
     rules = sorted({r["last"].get("rule") for r in runs if r["last"].get("rule")})
+    why = why_keys(runs)
     text = ["Sub-prompt collapse at the last logged epoch (training images; means over classes).",
-            tabulate(table_rows(runs), headers=HEADERS, tablefmt="github", disable_numparse=True,
-                     colalign=["left", "left", "right", "right", "right", "right", "right", "right", "right", "left"])]
+            tabulate(table_rows(runs), headers=HEADERS + [WHY[m] for m in why], tablefmt="github",
+                     disable_numparse=True, colalign=["left", "left"] + ["right"] * 7 + ["left"] + ["right"] * len(why))]
     text += [f"collapsed: {rule}" for rule in rules]
+    if why:
+        text.append("initial_cos: pairwise cosine of the sub-prompt features at initialisation; moved_won / "
+                    "moved_lost: mean 1 - cos(feature, initial feature) of sub-prompts that win >= 1 / no image")
     return "\n".join(text)
 
 
