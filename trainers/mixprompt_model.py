@@ -12,13 +12,16 @@ Objective per batch (``MixPromptObjective``, which the trainer only feeds):
 - E-step: responsibilities gamma[i, k] = softmax_k(a * cos(f_i, t[y_i, k]) / tau), detached targets (or
   balanced targets from an epoch-level Sinkhorn E-step, see ``sinkhorn_balance``);
 - M-step mixture loss: cross-entropy of the (class, sub-prompt) pair over all C*K pairs, weighted by
-  gamma, so a sub-prompt is pulled toward the images it is responsible for and pushed away from the rest;
+  gamma, so a sub-prompt is pulled toward the images it is responsible for and pushed away from the rest
+  (or, MIXTURE_LOSS pull, the earlier system's pull-only -sum_k gamma s on the own class);
 - class loss: cross-entropy of the pooled class scores;  L = LAMBDA * mix + (1 - LAMBDA) * class;
 - regularisers, each carrying gradient to what it must move: L2 on raw offsets; diversity on the final
   features t[c, :] (not on the raw offsets, which can look diverse while t collapses); usage balance on
   the class-level marginal usage of sub-prompts, computed from *non-detached* soft responsibilities and
-  smoothed by a running estimate (a batch holds ~0-1 images of a class). Per-image entropy is NOT used:
-  pushing every image toward uniform responsibilities is what makes sub-prompts identical.
+  smoothed by a running estimate (a batch holds ~0-1 images of a class). Per-image entropy (ENTROPY) is
+  off by default and exists to test the earlier system's fixes (docs/seed_analysis.md): pushing every
+  image toward uniform responsibilities does not separate sub-prompts; its ``image_detached`` form is,
+  on purpose, the one term without gradient (the earlier system's later form).
 """
 import math
 from dataclasses import dataclass
