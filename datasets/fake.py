@@ -1,5 +1,5 @@
-#!/usr/bin/env python
-"""Write a tiny fake dataset in a real on-disk format, to smoke-test an install or a training run.
+"""Tiny fake datasets in the real on-disk formats, to smoke-test an install or a training run; the tests and
+``scripts/make_fake_dataset.py`` (the command line below) use them.
 
     python scripts/make_fake_dataset.py stanford_cars ROOT [--classes 6] [--train-per-class 8]
         [--test-per-class 4] [--seed 0] [--image-size 64] [--with-split] [--force]
@@ -23,16 +23,13 @@ import sys
 import uuid
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+import numpy as np
+import scipy.io
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import scipy.io  # noqa: E402
-from PIL import Image  # noqa: E402
+from engine.errors import UserError
 
-from datasets.inaturalist import version_opt  # noqa: E402
-from engine.errors import UserError  # noqa: E402
+from .inaturalist import version_opt
 
 # Real Stanford Cars names (cars_meta.mat form, year last), chosen to cover the parsing corner cases.
 REAL_CAR_NAMES = (
@@ -517,6 +514,7 @@ def _add_inaturalist(subparsers):
 
 
 def main(argv=None):
+    """``python scripts/make_fake_dataset.py DATASET ROOT ...``; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     subparsers = parser.add_subparsers(dest="dataset", required=True, metavar="dataset")
     _add_stanford_cars(subparsers)
@@ -528,7 +526,3 @@ def main(argv=None):
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

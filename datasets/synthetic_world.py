@@ -30,7 +30,7 @@ from engine import DATASET_REGISTRY, DatasetBase, Datum
 from engine.errors import ConfigError
 
 from . import world
-from .common import load_or_create_fewshot, read_split, save_split, subsample_classes
+from .common import count_shots, load_or_create_fewshot, read_split, save_split, subsample_classes
 from .synthetic_modes import INDEX_FILE, load_index  # the same index.json contract
 
 SPLIT_FILE = "split_synthetic_world.json"
@@ -175,3 +175,4 @@ class SyntheticWorld(DatasetBase):
         subsample = cfg.DATASET.get("SUBSAMPLE_CLASSES", "all")
         train, val, test = subsample_classes(train, val, test, subsample=subsample)
         super().__init__(train_x=train, val=val, test=test)
+        self.shots_per_class = count_shots(self.train_x, cfg.DATASET.NUM_SHOTS)

@@ -174,7 +174,7 @@ class Workspace:
         train_per_class = max(3, shots + 2)  # the release's split moves 20% of each class to val
         key = (classes, train_per_class, test_per_class)
         if key not in self.roots:
-            from make_fake_dataset import write_fake_stanford_cars
+            from datasets.fake import write_fake_stanford_cars
 
             root = self.folder / f"cars_c{classes}_tr{train_per_class}_te{test_per_class}"
             if not (root / "stanford_cars").exists():
@@ -454,7 +454,6 @@ def main(argv=None):
             raise SystemExit(f"ERROR: --methods: unknown trainer {name!r}; known: {' '.join(registry.trainer_names())}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
     meter = MemoryMeter(args.device)
     with contextlib.ExitStack() as stack:
         folder = args.work_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="mixprompt-bench-"))

@@ -115,10 +115,10 @@ def group_runs(runs, coop_stats=False):
         group["seeds"] = [r["seed"] for r in finished]
         issues = []
         short = sorted({(r["shots_used"]["min"], r["shots_used"]["max"]) for r in group["runs"]
-                        if r.get("shots_used") and r["shots_used"]["min"] < r["shots_used"]["requested"]})
-        if short:
-            used = ", ".join(f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in short)
-            issues.append(f"used {used} training images per class, not {group['shots']}")
+                        if (r.get("shots_used") or {}).get("min") is not None
+                        and r["shots_used"]["min"] < r["shots_used"]["requested"]})
+        used = ", ".join(f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in short)
+        group["shots_note"] = f"used {used} training images per class, not {group['shots']}" if short else ""
         for run in group["runs"]:
             if run["result"] is None:
                 who = f"seed {run['seed']}" if run["seed"] is not None else run["run"]
@@ -151,6 +151,7 @@ def table_rows(groups, digits=2):
         note = ("INCOMPLETE: " + "; ".join(g["issues"])) if g["issues"] else ""
         if g["n"] == 1 and not note and g["seeds"] != [None]:
             note = "1 seed"
+        note = "; ".join(n for n in (note, g["shots_note"]) if n)
         rows.append([g["method"], g["dataset"], g["shots"] if g["shots"] is not None else "-",
                      g["variant"] if g["variant"] is not None else "-", g["config"], g["n"],
                      " ".join(str(s) for s in g["seeds"] if s is not None) or "-", fmt(g["mean"], digits), fmt(g["std"], digits),
@@ -168,7 +169,7 @@ def render(groups, fmt_name, keyword, coop_stats, show_runs):
         out = []
         for g in groups:
             item = {k: g[k] for k in ("method", "dataset", "shots", "variant", "config", "n", "seeds", "mean", "std",
-                                      "ci95", "complete", "issues")}
+                                      "ci95", "complete", "issues", "shots_note")}
             item["metric"] = keyword
             item["runs"] = [{k: r[k] for k in ("run", "dir", "seed", "result", "status", "log", "meta_source")}
                             for r in g["runs"]]

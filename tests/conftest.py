@@ -28,7 +28,10 @@ def _load_script(name):
 
 @pytest.fixture(scope="session")
 def fake_data_module():
-    return _load_script("make_fake_dataset")
+    """The fake-data generators (``datasets/fake.py``) and their command line (``main``)."""
+    import datasets.fake
+
+    return datasets.fake
 
 
 @pytest.fixture(scope="session")

@@ -105,7 +105,7 @@ def driver(spec_path):
     with open(spec_path) as f:
         spec = json.load(f)
     os.chdir(REPO_ROOT)
-    import train  # noqa: F401  (imports engine, datasets, trainers once, before forking)
+    import trainers.cli  # noqa: F401  (imports engine, datasets, trainers once, before forking)
     from engine.run_lock import run_lock
 
     statuses = {}
@@ -362,7 +362,7 @@ def test_inaturalist_hint_is_an_opt_train_accepts(tmp_path, fake_data_module, ca
     import shlex
 
     from engine.errors import ConfigError
-    from train import build_parser, setup_cfg
+    from trainers.cli import build_parser, setup_cfg
 
     fake_data_module.main(["inaturalist", str(tmp_path), "--version", "2021", "--classes", "2",
                            "--train-per-class", "2", "--val-per-class", "1"])

@@ -20,7 +20,7 @@ from engine.errors import ConfigError, DataError, UserError
 
 VERSIONS = ("2017", "2018", "2019", "2021", "2021_mini")
 CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 6, 8, 3  # class k has 8 + k % 2 train images
-# Ids follow the taxonomy (sorted taxa of make_fake_dataset.INAT_TAXA[:6]):
+# Ids follow the taxonomy (sorted taxa of datasets.fake.INAT_TAXA[:6]):
 SCIENTIFIC = ["Anas platyrhynchos", "Corvus corax", "Corvus corone", "Lacerta agilis", "Bellis perennis",
               "Tanacetum parthenium"]
 COMMON = ["Mallard", "Common Raven", "Carrion Crow", "Sand Lizard", "Common Daisy (Bellis perennis)",

@@ -58,29 +58,30 @@ def final_accuracy(run_dir):
 
 # ------------------------------------------------------------------------------------------ the demo
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def demo(tmp_path_factory, world_clip):
     work = tmp_path_factory.mktemp("demo")
     proc = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "demo.sh")], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=600, env=script_env(WORK=str(work), **DEMO_SIZE))
+                          text=True, timeout=600,
+                          env=script_env(WORK=str(work), DEMO_WORLD_CLIP=world_clip, **DEMO_SIZE))
     assert proc.returncode == 0, f"demo failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return work, proc.stdout
 
 
 def mixprompt_runs(output):
-    base = output / "stanford_cars" / "MixPrompt"
+    base = output / "synthetic_world_modes" / "MixPrompt"
     return {cfg: [base / f"{cfg}_4shots" / "k2" / "seed1"] for cfg in ("original", "vit_b16")}
 
 
 def test_demo_runs_every_method_and_prints_the_tables(demo):
     work, stdout = demo
-    assert "RANDOM weights" in stdout and stdout.count("!! The CLIP used here") == 2
+    assert "pretrained on a generated world" in stdout and stdout.count("!! The CLIP used here") == 2
     for step in ("1/6", "2/6 zero-shot CLIP", "3/6 CoOp", "4/6 MixPrompt, original", "5/6 MixPrompt, fixed",
                  "6/6 reports"):
         assert step in stdout
     assert re.search(r"epoch 2/2: train loss [\d.]+ acc [\d.]+% \| feature_cos", stdout)  # progress
     output = work / "output"
-    zs = output / "ZeroshotCLIP" / "vit_b16" / "stanford_cars"
-    coop = [output / "stanford_cars" / "CoOp" / "vit_b16_ep50_4shots" / "nctx4_cscFalse_ctpend" / "seed1"]
+    zs = output / "ZeroshotCLIP" / "vit_b16" / "synthetic_world_modes"
+    coop = [output / "synthetic_world_modes" / "CoOp" / "vit_b16_ep50_4shots" / "nctx4_cscFalse_ctpend" / "seed1"]
     runs = {("ZeroshotCLIP", "vit_b16"): [zs], ("CoOp", "vit_b16_ep50"): coop,
             **{("MixPrompt", cfg): dirs for cfg, dirs in mixprompt_runs(output).items()}}
     comparison = stdout.split("== Comparison")[1].split("== Collapse")[0]
@@ -90,12 +91,15 @@ def test_demo_runs_every_method_and_prints_the_tables(demo):
         values = [final_accuracy(d) for d in dirs]
         assert None not in values, key
         row = rows[key]
-        assert row["n"] == str(len(values)) and row["dataset"] == "StanfordCars"
+        assert row["n"] == str(len(values)) and row["dataset"] == "SyntheticWorld"
         assert float(row["mean"]) == pytest.approx(sum(values) / len(values), abs=0.06)  # the log rounds to 0.1
         assert row["shots"] == ("0" if key[0] == "ZeroshotCLIP" else "4")
         assert row["variant"] == {"MixPrompt": "k2", "CoOp": "nctx4_cscFalse_ctpend"}.get(key[0], "-")
         assert row["seeds"] == ("-" if key[0] == "ZeroshotCLIP" else "1")
         assert row["std"] == "-" and row["note"] == ("" if key[0] == "ZeroshotCLIP" else "1 seed")
+    # the pretrained world CLIP knows the class names: zero-shot well above chance (3 classes), which a random
+    # CLIP does not reach
+    assert float(rows[("ZeroshotCLIP", "vit_b16")]["mean"]) >= 1.5 * 100 / 3
     collapse = markdown_rows(stdout.split("== Collapse")[1])
     assert sorted(r["run"] for r in collapse) == sorted(
         os.path.relpath(d, output) for dirs in mixprompt_runs(output).values() for d in dirs)
@@ -136,7 +140,7 @@ def test_collapse_report_matches_the_last_epoch_of_each_run(demo):
         assert last["epoch"] == row["epoch"] == row["max_epoch"] == 2
         for key in ("offset_cos", "feature_cos", "eff_k", "top1_share", "dead"):
             assert row[key] == pytest.approx(last[key])
-        assert row["K"] == 2 and row["dataset"] == "StanfordCars" and row["collapsed"] == last["collapsed"]
+        assert row["K"] == 2 and row["dataset"] == "SyntheticWorld" and row["collapsed"] == last["collapsed"]
     table = markdown_rows(run_tool("collapse_report.py", output).stdout)
     for row, md in zip(sorted(rows, key=lambda r: r["run"]), sorted(table, key=lambda r: r["run"])):
         assert md["run"] == row["run"] and md["K"] == "2" and md["epoch"] == "2/2"
@@ -359,3 +363,19 @@ def test_collapse_report_uses_saved_subprompt_similarities(tmp_path):
     stem = "stanford_cars__MixPrompt__original_16shots__k2__seed1"
     for kind in ("diagnostics", "subprompt_cos", "usage"):
         check_png(tmp_path / "plots" / f"{stem}_{kind}.png")
+
+
+def test_parse_results_says_when_fewer_shots_were_used_than_asked(tmp_path):
+    """A run asked for 100 shots of a dataset with 6 images per class: the record says what was used, the
+    table's note shows it."""
+    out = tmp_path / "output"
+    for seed in (1, 2):
+        run = out / "stanford_cars" / "CoOp" / "vit_b16_ep50_100shots" / "nctx16_cscFalse_ctpend" / f"seed{seed}"
+        run.mkdir(parents=True)
+        write_record(run, {"trainer": "CoOp", "dataset": "StanfordCars", "config": "vit_b16_ep50", "shots": 100,
+                           "seed": seed, "eval_only": False, "results": {"test": {"accuracy": 40.0 + seed}},
+                           "shots_used": {"min": 6, "max": 6, "requested": 100}, "settings": {}})
+    (group,) = json.loads(run_tool("parse_results.py", out, "--format", "json").stdout)
+    assert group["shots"] == 100 and group["n"] == 2 and group["mean"] == pytest.approx(41.5)
+    assert group["complete"] and group["shots_note"] == "used 6 training images per class, not 100"
+    assert "used 6 training images per class, not 100" in run_tool("parse_results.py", out).stdout

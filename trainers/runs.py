@@ -120,6 +120,7 @@ def build_record(cfg, args, trainer, started):
     import torch
 
     import engine
+    from datasets.common import actual_shots_summary
 
     spec = get_trainer(cfg.TRAINER.NAME)
     flat = flatten(cfg)
@@ -135,7 +136,7 @@ def build_record(cfg, args, trainer, started):
         "dataset_config": stem(args.dataset_config_file),
         "config": stem(args.config_file),
         "shots": cfg.DATASET.NUM_SHOTS if spec.few_shot else 0,
-        "shots_used": shots_summary(shots_used, cfg.DATASET.NUM_SHOTS) if shots_used else None,
+        "shots_used": actual_shots_summary(shots_used, cfg.DATASET.NUM_SHOTS) if shots_used else None,
         "subsample": cfg.DATASET.get("SUBSAMPLE_CLASSES", "all"),
         "seed": cfg.SEED if spec.few_shot else None,
         "variant": {v.key: str(flat[v.key]) for v in spec.variant_keys},
@@ -150,13 +151,6 @@ def build_record(cfg, args, trainer, started):
         "python": platform.python_version(),
         "diagnostics_summary": os.path.basename(summary) if os.path.isfile(summary) else None,
     }
-
-
-def shots_summary(shots_per_class, requested):
-    """{"requested", "min", "max", "short_classes"} of the training images used per class."""
-    counts = list(shots_per_class.values())
-    return {"requested": requested, "min": min(counts), "max": max(counts),
-            "short_classes": sum(c < requested for c in counts) if requested > 0 else 0}
 
 
 def write_record(run_folder, record):
