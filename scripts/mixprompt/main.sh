@@ -15,7 +15,8 @@
 #   SHOTS    training images per class                         default: 16
 #   SEEDS    seeds, one run each                               default: "1 2 3"
 #   CFG      configs/trainers/MixPrompt/<CFG>.yaml             default: vit_b16 (fixed defaults;
-#            "original" = the earlier settings that collapse)
+#            "seed" = the earlier system's objective and recipe, which collapses;
+#            "original" = a hybrid kept for the collapse benchmark)
 #   TAG      variant name, appended to the config folder:      default: none
 #            <CFG>_<TAG>_<SHOTS>shots (keeps runs with other extra options apart)
 #   PYTHON   interpreter                                       default: python (else python3)
