@@ -3,18 +3,12 @@
 The training pipeline is applied in Dassl's fixed order whatever the order of ``INPUT.TRANSFORMS``.
 Unsupported names stop with an error listing the supported ones.
 """
-from torchvision.transforms import (CenterCrop, ColorJitter, Compose, GaussianBlur, Normalize, RandomApply,
-                                    RandomCrop, RandomGrayscale, RandomHorizontalFlip, RandomResizedCrop,
-                                    Resize, ToTensor)
-from torchvision.transforms.functional import InterpolationMode
-
 from ..errors import ConfigError
 
-INTERPOLATION_MODES = {
-    "bilinear": InterpolationMode.BILINEAR,
-    "bicubic": InterpolationMode.BICUBIC,
-    "nearest": InterpolationMode.NEAREST,
-}
+# INPUT.INTERPOLATION -> the name of torchvision's InterpolationMode member. torchvision is imported when a
+# pipeline is built, not with this module: importing it costs about 2 s of CPU (it loads torch._dynamo), and
+# the tools that only read configs and trainer declarations (the sweep, the reports) never build one.
+INTERPOLATION_MODES = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "nearest": "NEAREST"}
 SUPPORTED_TRANSFORMS = ("random_flip", "random_resized_crop", "normalize", "random_crop", "center_crop",
                         "colorjitter", "randomgrayscale", "gaussian_blur")
 
@@ -34,9 +28,13 @@ def build_transform(cfg, is_train=True, verbose=True):
         log("Note: no transform is applied!")
         return None
     _check(cfg)
+    from torchvision.transforms import (CenterCrop, ColorJitter, Compose, GaussianBlur, InterpolationMode,
+                                        Normalize, RandomApply, RandomCrop, RandomGrayscale, RandomHorizontalFlip,
+                                        RandomResizedCrop, Resize, ToTensor)
+
     choices = cfg.INPUT.TRANSFORMS
     size = tuple(cfg.INPUT.SIZE)
-    interp = INTERPOLATION_MODES[cfg.INPUT.INTERPOLATION]
+    interp = getattr(InterpolationMode, INTERPOLATION_MODES[cfg.INPUT.INTERPOLATION])
     normalize = Normalize(mean=cfg.INPUT.PIXEL_MEAN, std=cfg.INPUT.PIXEL_STD)
     tfms = []
     if is_train:
