@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from engine.errors import WeightsError
-from trainers.clip import (COOP_BACKBONES, LoadedCLIP, TextEncoder, build_tiny_clip_state_dict, load_clip,
-                           save_tiny_clip, tokenize)
+from trainers.clip import (COOP_BACKBONES, LoadedCLIP, TextEncoder, build_random_clip_state_dict,
+                           build_tiny_clip_state_dict, load_clip, save_random_clip, save_tiny_clip, tokenize)
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["a photo of a cat.", "a photo of a dog.", "X X X X a photo of an airplane, a type of aircraft.", "car"]
@@ -69,7 +69,7 @@ def test_tiny_round_trip(tiny_files, arch, capsys):
     # fp32 checkpoints load exactly (the builder's fp16 detour must not round the weights)
     expected = build_tiny_clip_state_dict(seed=0, arch=arch)
     state = model.state_dict()
-    assert set(expected) - set(state) == {"_mixprompt_random_weights"}
+    assert set(expected) == set(state)
     for key, value in state.items():
         assert torch.equal(value, expected[key]), key
     with torch.no_grad():
@@ -79,8 +79,7 @@ def test_tiny_round_trip(tiny_files, arch, capsys):
 
 def test_real_looking_checkpoint_has_no_banner(tmp_path, capsys):
     state = build_tiny_clip_state_dict(seed=3)
-    del state["_mixprompt_random_weights"]
-    torch.save(state, tmp_path / "clip.pt")
+    torch.save(state, tmp_path / "clip.pt")  # no sidecar
     loaded = load_clip(str(tmp_path / "clip.pt"))
     out = capsys.readouterr().out
     assert loaded.random_weights is False
@@ -93,7 +92,6 @@ def test_same_seed_same_weights_other_seed_differs():
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["token_embedding.weight"], c["token_embedding.weight"])
-    assert int(a["_mixprompt_random_weights"]) == 7
 
 
 def test_tiny_build_leaves_global_rng_alone():
@@ -112,6 +110,143 @@ def test_tiny_has_openai_keys_only():
         assert state["positional_embedding"].shape == (77, 64)
         assert state["text_projection"].shape == (64, 64)
         assert "attn_mask" not in state and "logit_bias" not in state
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Random weights recorded in the sidecar; real-size random checkpoints in OpenAI's layout
+
+
+def _openai_keys(layers, vision):
+    """OpenAI's CLIP state-dict keys, written out by hand from its model definition: text transformer of
+    ``layers`` blocks; ``vision`` ("vit", blocks) or ("rn", blocks per stage)."""
+    def block(prefix):
+        return [f"{prefix}.{name}" for name in (
+            "attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.weight", "attn.out_proj.bias", "ln_1.weight",
+            "ln_1.bias", "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias", "ln_2.weight",
+            "ln_2.bias")]
+
+    def bn(prefix):
+        return [f"{prefix}.{name}" for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
+
+    keys = ["positional_embedding", "text_projection", "logit_scale", "token_embedding.weight", "ln_final.weight",
+            "ln_final.bias"]
+    keys += [k for i in range(layers) for k in block(f"transformer.resblocks.{i}")]
+    kind, blocks = vision
+    if kind == "vit":
+        keys += ["visual.class_embedding", "visual.positional_embedding", "visual.proj", "visual.conv1.weight",
+                 "visual.ln_pre.weight", "visual.ln_pre.bias", "visual.ln_post.weight", "visual.ln_post.bias"]
+        keys += [k for i in range(blocks) for k in block(f"visual.transformer.resblocks.{i}")]
+    else:
+        for i in (1, 2, 3):
+            keys += [f"visual.conv{i}.weight", *bn(f"visual.bn{i}")]
+        for stage, n in enumerate(blocks, 1):
+            for b in range(n):
+                prefix = f"visual.layer{stage}.{b}"
+                for i in (1, 2, 3):
+                    keys += [f"{prefix}.conv{i}.weight", *bn(f"{prefix}.bn{i}")]
+                if b == 0:  # every stage's first block changes the width: a projection shortcut
+                    keys += [f"{prefix}.downsample.0.weight", *bn(f"{prefix}.downsample.1")]
+        keys += ["visual.attnpool.positional_embedding"]
+        keys += [f"visual.attnpool.{p}_proj.{w}" for p in "kqvc" for w in ("weight", "bias")]
+    return set(keys)
+
+
+REAL_SIZE = {  # name: (hand-written keys, a few of OpenAI's shapes)
+    "ViT-B/16": (_openai_keys(12, ("vit", 12)), {"visual.conv1.weight": (768, 3, 16, 16),
+                                                 "visual.positional_embedding": (197, 768), "visual.proj": (768, 512),
+                                                 "text_projection": (512, 512)}),
+    "ViT-B/32": (_openai_keys(12, ("vit", 12)), {"visual.conv1.weight": (768, 3, 32, 32),
+                                                 "visual.positional_embedding": (50, 768)}),
+    "RN50": (_openai_keys(12, ("rn", (3, 4, 6, 3))), {"visual.attnpool.positional_embedding": (50, 2048),
+                                                      "visual.attnpool.c_proj.weight": (1024, 2048),
+                                                      "visual.layer4.2.conv3.weight": (2048, 512, 1, 1),
+                                                      "text_projection": (512, 1024)}),
+}
+
+
+@pytest.mark.parametrize("name", list(REAL_SIZE))
+def test_real_size_random_clip_has_openais_layout_and_loads_strictly(name):
+    """Keys and shapes on the meta device (no memory): the hand-written key list, OpenAI's shapes, and a
+    strict load by open_clip's builder, which infers the architecture from the shapes as OpenAI's does."""
+    from open_clip.model import build_model_from_openai_state_dict
+
+    state = build_random_clip_state_dict(name, device="meta")
+    keys, shapes = REAL_SIZE[name]
+    assert set(state) == keys
+    assert state["token_embedding.weight"].shape == (49408, 512) and state["positional_embedding"].shape == (77, 512)
+    for key, shape in shapes.items():
+        assert tuple(state[key].shape) == shape, key
+    with torch.device("meta"):
+        build_model_from_openai_state_dict(dict(state), cast_dtype=None)  # load_state_dict(strict=True) inside
+
+
+def test_tiny_has_the_hand_written_openai_keys_and_loads_strictly():
+    from open_clip.model import build_model_from_openai_state_dict
+
+    for arch, vision in (("vit", ("vit", 2)), ("rn", ("rn", (1, 1, 1, 1)))):
+        state = build_tiny_clip_state_dict(arch=arch)
+        assert set(state) == _openai_keys(2, vision)
+        build_model_from_openai_state_dict(dict(state), cast_dtype=None)
+
+
+def test_random_clip_values_sidecar_and_loader(tmp_path, capsys):
+    """The generator's rules (at tiny size: the same code writes the real sizes), fp16 storage, the sidecar,
+    and the loader's random_weights from the sidecar."""
+    import json
+
+    path = save_random_clip(tmp_path / "random.pt", "tiny-rn", seed=3, precision="fp16")
+    info = json.loads((tmp_path / "random.pt.json").read_text())
+    assert (info["kind"], info["architecture"], info["seed"], info["precision"]) == ("random-clip", "tiny-rn", 3, "fp16")
+    state = torch.load(path, weights_only=True)
+    assert not [k for k in state if k.startswith("_")]
+    assert state["visual.bn1.weight"].dtype == torch.float16 and torch.equal(state["visual.bn1.weight"],
+                                                                             torch.ones_like(state["visual.bn1.weight"]))
+    assert not state["visual.bn1.running_mean"].any() and not state["visual.attnpool.c_proj.bias"].any()
+    assert state["visual.bn1.num_batches_tracked"].dtype == torch.int64
+    weight = state["visual.attnpool.c_proj.weight"].float()  # [out, in]: std 1 / sqrt(in)
+    assert abs(weight.std().item() * weight.shape[1] ** 0.5 - 1) < 0.1
+    again = build_random_clip_state_dict("tiny-rn", seed=3, dtype=torch.float16)
+    assert all(torch.equal(state[k], again[k]) for k in state)
+    assert not torch.equal(again["token_embedding.weight"],
+                           build_random_clip_state_dict("tiny-rn", seed=4)["token_embedding.weight"].half())
+    capsys.readouterr()
+    loaded = load_clip(str(path))
+    out = capsys.readouterr().out
+    assert loaded.random_weights is True and loaded.provenance["kind"] == "random-clip"
+    assert out.startswith("WARNING: RANDOM WEIGHTS") and "CLIP tiny-rn, seed 3" in out
+    with torch.no_grad():
+        features = loaded.model.encode_image(torch.randn(2, 3, 224, 224))
+    assert torch.isfinite(features).all()
+
+
+def test_tiny_sidecar_and_old_marker_key(tiny_files, tmp_path, capsys):
+    import json
+
+    info = json.loads(tiny_files["vit"].with_name(tiny_files["vit"].name + ".json").read_text())
+    assert (info["kind"], info["architecture"], info["seed"]) == ("random-clip", "tiny-vit", 0)
+    # files written before the sidecar carried a marker key: still read as random, the key stripped
+    state = build_tiny_clip_state_dict(seed=1)
+    torch.save({**state, "_mixprompt_random_weights": torch.tensor(1)}, tmp_path / "old.pt")
+    capsys.readouterr()
+    loaded = load_clip(str(tmp_path / "old.pt"))
+    assert loaded.random_weights is True and capsys.readouterr().out.startswith("WARNING: RANDOM WEIGHTS")
+    assert set(loaded.model.state_dict()) == set(state)
+
+
+def test_make_random_clip_cli(tmp_path, capsys):
+    """In process (a subprocess would spend seconds importing torch): writes the file and its sidecar, and
+    refuses an unknown architecture listing the known ones."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_random_clip", REPO / "scripts" / "make_random_clip.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    with pytest.raises(SystemExit):
+        cli.main(["ViT-X/1", str(tmp_path / "x.pt")])
+    assert "ViT-B/16" in capsys.readouterr().err
+    assert cli.main(["tiny-vit", str(tmp_path / "t.pt"), "--seed", "2"]) == 0
+    assert "RANDOM" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.pt", "t.pt.json"]
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
@@ -133,11 +268,11 @@ def test_openai_torchscript_archive_loads(tmp_path, capsys):
     torch.jit.script(root).save(str(tmp_path / "ViT-B-32.pt"))
 
     loaded = load_clip(str(tmp_path / "ViT-B-32.pt"))
-    assert loaded.random_weights is True
+    assert loaded.random_weights is False  # like OpenAI's archives: no sidecar saying otherwise
     weight = loaded.model.token_embedding.weight
     assert weight.dtype == torch.float32
     assert torch.equal(weight, state["token_embedding.weight"].half().float())
-    assert "WARNING: RANDOM WEIGHTS" in capsys.readouterr().out
+    assert "RANDOM" not in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -335,6 +470,8 @@ def test_coop_name_missing_offline_raises_naming_the_file(tmp_path, isolated, mo
 def test_coop_name_found_in_cache_dir(tiny_files, tmp_path, isolated, capsys):
     target = tmp_path / "ViT-B-16.pt"
     target.write_bytes(tiny_files["vit"].read_bytes())
+    sidecar = tiny_files["vit"].with_name(tiny_files["vit"].name + ".json")  # names the file by its SHA-256
+    (tmp_path / "ViT-B-16.pt.json").write_bytes(sidecar.read_bytes())
     loaded = load_clip("ViT-B/16", cache_dir=str(tmp_path))
     assert loaded.source == str(target) and loaded.name == "ViT-B/16" and loaded.random_weights
     assert f"Loaded CLIP ViT-B/16 from {target}" in capsys.readouterr().out
@@ -363,7 +500,6 @@ def _fake_open_clip_model(pool="argmax"):
     from open_clip.model import build_model_from_openai_state_dict
 
     state = build_tiny_clip_state_dict(seed=4)
-    del state["_mixprompt_random_weights"]
     model = build_model_from_openai_state_dict(state, cast_dtype=None)
     model.text_pool_type = pool
     return model
@@ -442,7 +578,8 @@ def test_cli_writes_loadable_file(tmp_path):
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert str(out) in result.stdout and "RANDOM" in result.stdout
-    assert not [p for p in out.parent.iterdir() if p.name != out.name]  # no temporary file left behind
+    # the checkpoint and its sidecar, no temporary file left behind
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name, out.name + ".json"]
     loaded = load_clip(str(out))
     assert loaded.random_weights and loaded.embed_dim == 64
     expected = build_tiny_clip_state_dict(seed=5, arch="rn")

@@ -24,7 +24,7 @@ from torch import nn
 
 from engine.errors import WeightsError
 
-from .provenance import provenance_banner, read_provenance
+from .provenance import is_random, provenance_banner, random_weights_banner, read_provenance
 from .text import TextEncoder
 
 # CoOp's CLIP names -> (open_clip model name, file name in OpenAI's download URL / CoOp's ~/.cache/clip).
@@ -42,7 +42,9 @@ COOP_BACKBONES: Dict[str, Tuple[str, str]] = {
 
 CACHE_ENV = "MIXPROMPT_CLIP_CACHE"
 COOP_CACHE = "~/.cache/clip"
-RANDOM_MARKER = "_mixprompt_random_weights"  # written by tiny.py; any "_mixprompt*" key is stripped
+# Older tiny checkpoints marked their random weights with this key (now: the sidecar, provenance.py); any
+# "_mixprompt*" key is stripped and still read as "random weights".
+RANDOM_MARKER = "_mixprompt_random_weights"
 _MARKER_PREFIX = "_mixprompt"
 # Keys every OpenAI-format CLIP state dict has, whatever the image tower.
 _REQUIRED_KEYS = ("token_embedding.weight", "positional_embedding", "ln_final.weight", "text_projection")
@@ -57,7 +59,7 @@ class LoadedCLIP:
     model: nn.Module  # open_clip CLIP, eval mode, fp32, frozen, on the requested device
     name: str  # what the user gave (MODEL.BACKBONE.NAME)
     source: str  # resolved file path, or "open_clip:<model>/<tag>"
-    random_weights: bool  # True for the seeded random test model (tiny.py)
+    random_weights: bool  # True for seeded random weights (sidecar kind "random-clip": tiny.py, random_clip.py)
     input_resolution: int
     embed_dim: int
     text_width: int
@@ -71,23 +73,24 @@ def load_clip(name: str, device: Union[str, torch.device] = "cpu", cache_dir: Op
     ``$MIXPROMPT_CLIP_CACHE``, then CoOp's ``~/.cache/clip``. Raises :class:`WeightsError` on any failure.
     """
     name = str(name)
-    model, source, random_weights = _resolve(name, cache_dir)
+    model, source, marked_random = _resolve(name, cache_dir)
     text = _text_encoder(model, name, source)
     model = _finalise(model, device)
+    provenance = read_provenance(source) if Path(source).is_file() else None
     loaded = LoadedCLIP(
         model=model,
         name=name,
         source=source,
-        random_weights=random_weights,
+        random_weights=marked_random or is_random(provenance),
         input_resolution=_input_resolution(model),
         embed_dim=int(getattr(model.visual, "output_dim", None) or text.embed_dim),
         text_width=text.width,
-        provenance=read_provenance(source) if Path(source).is_file() else None,
+        provenance=provenance,
     )
-    if random_weights:
-        print(_random_weights_banner(source))
     if loaded.provenance is not None:
         print(provenance_banner(loaded.provenance, source))
+    elif marked_random:
+        print(random_weights_banner(source))
     print(f"Loaded CLIP {name} from {source} "
           f"(input resolution {loaded.input_resolution}, embed dim {loaded.embed_dim})")
     return loaded
@@ -98,7 +101,8 @@ def load_clip(name: str, device: Union[str, torch.device] = "cpu", cache_dir: Op
 
 
 def _resolve(name: str, cache_dir: Optional[str]) -> Tuple[nn.Module, str, bool]:
-    """Return ``(model, source, random_weights)`` following the resolution order of the module docstring."""
+    """Return ``(model, source, marked_random)`` following the resolution order of the module docstring
+    (``marked_random``: the state dict carried the old random-weights marker key)."""
     path = Path(name).expanduser()
     if path.is_file():
         return _load_openai_file(path)
@@ -156,7 +160,7 @@ def _missing_coop_weights_message(name, oc_name, filename, candidates, exc) -> s
 
 
 def _load_openai_file(path: Path) -> Tuple[nn.Module, str, bool]:
-    """Build CLIP from an OpenAI-format checkpoint file; returns ``(model, str(path), random_weights)``."""
+    """Build CLIP from an OpenAI-format checkpoint file; returns ``(model, str(path), marked_random)``."""
     state_dict = _extract_state_dict(_read_checkpoint(path), path)
     random_weights = any(k.startswith(_MARKER_PREFIX) for k in state_dict)
     state_dict = {k: v for k, v in state_dict.items() if not k.startswith(_MARKER_PREFIX)}
@@ -230,7 +234,7 @@ def _build_from_openai_state_dict(state_dict: Dict[str, torch.Tensor], path: Pat
         raise WeightsError(
             f"CLIP weights file {path} looks like an OpenAI CLIP state dict but its tensors do not fit a CLIP "
             f"architecture ({_brief(exc)}). Expected an unmodified OpenAI CLIP checkpoint (or one saved "
-            f"by scripts/make_tiny_clip.py)."
+            f"by scripts/make_tiny_clip.py or scripts/make_random_clip.py)."
         ) from exc
     return model
 
@@ -311,18 +315,6 @@ def _finalise(model: nn.Module, device: Union[str, torch.device]) -> nn.Module:
 def _input_resolution(model: nn.Module) -> int:
     size = model.visual.image_size
     return int(size[0] if isinstance(size, (tuple, list)) else size)
-
-
-def _random_weights_banner(source: str) -> str:
-    rule = "!" * 100
-    return "\n".join([
-        "WARNING: RANDOM WEIGHTS",
-        rule,
-        f"!! The CLIP weights loaded from {source} are RANDOM: a seeded test model (scripts/make_tiny_clip.py).",
-        "!! Its features mean nothing, so every accuracy of this run is meaningless.",
-        "!! For real experiments set MODEL.BACKBONE.NAME to real CLIP weights (e.g. ViT-B/16 or RN50).",
-        rule,
-    ])
 
 
 def _looks_like_path(name: str) -> bool:

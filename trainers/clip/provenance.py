@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Optional, Union
 
 PRETRAINED_KIND = "synthetic-pretrained-tiny-clip"  # written by trainers/clip/pretrain.py
+# seeded random weights (trainers/clip/tiny.py, random_clip.py): also "architecture", "seed", "precision"
+RANDOM_KIND = "random-clip"
 PathLike = Union[str, os.PathLike]
 
 
@@ -49,8 +51,15 @@ def read_provenance(path: PathLike) -> Optional[dict]:
     return info
 
 
+def is_random(info: Optional[dict]) -> bool:
+    """Whether a sidecar says the weights are seeded random ones."""
+    return isinstance(info, dict) and info.get("kind") == RANDOM_KIND
+
+
 def provenance_banner(info: dict, source: str) -> str:
-    """The log banner of a checkpoint with a sidecar (the synthetic pretrained tiny CLIP)."""
+    """The log banner of a checkpoint with a sidecar (the synthetic pretrained tiny CLIP, random weights)."""
+    if is_random(info):
+        return random_weights_banner(source, info)
     rule = "=" * 100
     if info.get("kind") != PRETRAINED_KIND:
         return f"CLIP weights {source}: {info.get('description', info.get('kind', 'described in its sidecar'))}"
@@ -63,5 +72,21 @@ def provenance_banner(info: dict, source: str) -> str:
         "== (docs/synthetic_world.md). Its features know that world only: accuracies on the SyntheticWorld",
         "== datasets are meaningful, on real images (Stanford Cars, iNaturalist) they are not.",
         *([f"== Zero-shot at pretraining time: {figures}"] if figures else []),
+        rule,
+    ])
+
+
+def random_weights_banner(source: str, info: Optional[dict] = None) -> str:
+    """The loud warning of a checkpoint with seeded random weights (``info``: its sidecar, when it has one)."""
+    rule = "!" * 100
+    what = "a seeded test model (scripts/make_tiny_clip.py, scripts/make_random_clip.py)"
+    if info:
+        what = f"seeded random weights of CLIP {info.get('architecture', '?')}, seed {info.get('seed', '?')}"
+    return "\n".join([
+        "WARNING: RANDOM WEIGHTS",
+        rule,
+        f"!! The CLIP weights loaded from {source} are RANDOM: {what}.",
+        "!! Its features mean nothing, so every accuracy of this run is meaningless (timings and memory are not).",
+        "!! For real experiments set MODEL.BACKBONE.NAME to real CLIP weights (e.g. ViT-B/16 or RN50).",
         rule,
     ])

@@ -2,8 +2,10 @@
 
 Same architecture families as OpenAI's CLIP (ViT or ModifiedResNet image tower, causal text transformer with
 the full 49408-token BPE vocabulary and context length 77), input resolution 224, but widths of 64 and two
-layers, so tests, the demo and CPU benchmarks run in seconds. The key ``_mixprompt_random_weights`` (a
-tensor holding the seed) marks the file; :func:`trainers.clip.load_clip` strips it and warns loudly.
+layers, so tests, the demo and CPU benchmarks run in seconds. The checkpoint is a plain OpenAI-format state
+dict; that its weights are random is recorded in its sidecar ``<file>.json`` (``trainers/clip/provenance.py``,
+kind ``random-clip``), from which :func:`trainers.clip.load_clip` sets ``random_weights`` and warns loudly.
+Real-size random checkpoints: ``trainers/clip/random_clip.py``.
 """
 import os
 from pathlib import Path
@@ -11,7 +13,8 @@ from typing import Dict, Union
 
 import torch
 
-from .loader import RANDOM_MARKER
+from .provenance import RANDOM_KIND, write_provenance
+from .random_clip import NON_OPENAI_KEYS, save_state_dict
 
 ARCHES = ("vit", "rn")
 IMAGE_SIZE = 224
@@ -21,8 +24,6 @@ EMBED_DIM = 64
 TEXT_WIDTH = 64  # open_clip infers heads = width // 64 from OpenAI state dicts
 LAYERS = 2
 RN_WIDTH = 8  # ModifiedResNet stem/base width; attention-pool heads = RN_WIDTH * 32 // 64 = 4
-# Keys open_clip's CLIP may carry that OpenAI's checkpoints (and CoOp's build_model) do not have.
-_NON_OPENAI_KEYS = ("logit_bias", "attn_mask")
 
 
 def _tiny_model(arch: str):
@@ -41,28 +42,20 @@ def _tiny_model(arch: str):
 
 
 def build_tiny_clip_state_dict(seed: int = 0, arch: str = "vit") -> Dict[str, torch.Tensor]:
-    """OpenAI-format state dict (fp32) of a tiny CLIP with weights drawn from ``seed``, plus the marker key.
-
-    The caller's global RNG state is left untouched.
-    """
+    """OpenAI-format state dict (fp32) of a tiny CLIP with weights drawn from ``seed`` (open_clip's
+    initialisation from a seeded global RNG; the caller's global RNG state is left untouched)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = _tiny_model(arch)
-    state_dict = {k: v.detach().clone() for k, v in model.state_dict().items() if k not in _NON_OPENAI_KEYS}
-    state_dict[RANDOM_MARKER] = torch.tensor(seed, dtype=torch.int64)
-    return state_dict
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k not in NON_OPENAI_KEYS}
 
 
 def save_tiny_clip(path: Union[str, os.PathLike], seed: int = 0, arch: str = "vit") -> Path:
-    """Write the tiny CLIP to ``path`` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path).expanduser()
-    state_dict = build_tiny_clip_state_dict(seed=seed, arch=arch)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder, so os.replace is atomic
-    try:
-        torch.save(state_dict, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Write the tiny CLIP to ``path`` atomically, with its ``random-clip`` sidecar."""
+    path = save_state_dict(path, build_tiny_clip_state_dict(seed=seed, arch=arch))
+    write_provenance(path, {
+        "kind": RANDOM_KIND, "architecture": f"tiny-{arch}", "seed": seed, "precision": "fp32",
+        "description": f"seeded RANDOM weights of the tiny test CLIP ({arch}, width {EMBED_DIM}, {LAYERS} layers; "
+                       "trainers/clip/tiny.py)",
+    })
     return path
