@@ -22,17 +22,31 @@ def _eval_outputs(trainer):
 
 
 @pytest.mark.parametrize("trainer_name, config, node", [("MixPrompt", MP, "MIXPROMPT"), ("CoOp", COOP, "COOP")])
-def test_cached_evaluation_equals_uncached(build_trainer_for, trainer_name, config, node):
-    plain = _eval_outputs(build_trainer_for(trainer_name, config=config))
-    cached_trainer = build_trainer_for(trainer_name, config=config, opts=[f"TRAINER.{node}.FEATURE_CACHE_EVAL", "True"])
+def test_cached_evaluation_is_the_default_and_equals_uncached_bit_for_bit(build_trainer_for, trainer_name, config, node):
+    plain_trainer = build_trainer_for(trainer_name, config=config, opts=[f"TRAINER.{node}.FEATURE_CACHE_EVAL", "False"])
+    assert plain_trainer.feature_cache is None
+    plain = _eval_outputs(plain_trainer)
+    cached_trainer = build_trainer_for(trainer_name, config=config)  # FEATURE_CACHE_EVAL True by default
     first = _eval_outputs(cached_trainer)
     encoder_calls = []
     cached_trainer.model.encode_image = lambda image: encoder_calls.append(1)
     second = _eval_outputs(cached_trainer)  # the test images are not encoded again
     assert not encoder_calls
     assert plain[0] == first[0] == second[0]
-    torch.testing.assert_close(first[1], plain[1], rtol=1e-5, atol=1e-5)
-    assert torch.equal(first[1], second[1])
+    assert torch.equal(first[1], plain[1]) and torch.equal(first[1], second[1])
+
+
+def test_eval_cache_memory_bound(build_trainer_for, capsys):
+    """A split over FEATURE_CACHE_EVAL_MAX_MB is not kept: evaluation encodes its images again, same results."""
+    trainer = build_trainer_for("CoOp", config=COOP, opts=["TRAINER.COOP.FEATURE_CACHE_EVAL_MAX_MB", "1"])
+    trainer.feature_cache.eval_max_bytes = 1  # the tiny test split's features are far below 1 MiB
+    first = _eval_outputs(trainer)
+    assert "bound TRAINER.COOP.FEATURE_CACHE_EVAL_MAX_MB" in capsys.readouterr().out
+    encoder = trainer.model.encode_image
+    encoder_calls = []
+    trainer.model.encode_image = lambda image: encoder_calls.append(1) or encoder(image)
+    second = _eval_outputs(trainer)
+    assert encoder_calls and first[0] == second[0] and torch.equal(first[1], second[1])
 
 
 def test_training_views_loader_matches_the_image_loader(build_trainer_for):
@@ -77,7 +91,9 @@ def test_feature_cache_folder_is_reused_and_keyed(build_trainer_for, tmp_path, c
 
 @pytest.mark.parametrize("opts, key", [
     (["TRAINER.COOP.FEATURE_CACHE_VIEWS", "-1"], r"TRAINER\.COOP\.FEATURE_CACHE_VIEWS"),
-    (["TRAINER.COOP.FEATURE_CACHE_DIR", "/tmp/features"], r"TRAINER\.COOP\.FEATURE_CACHE_DIR is set but nothing"),
+    (["TRAINER.COOP.FEATURE_CACHE_DIR", "/tmp/features", "TRAINER.COOP.FEATURE_CACHE_EVAL", "False"],
+     r"TRAINER\.COOP\.FEATURE_CACHE_DIR is set but nothing"),
+    (["TRAINER.COOP.FEATURE_CACHE_EVAL_MAX_MB", "0"], r"TRAINER\.COOP\.FEATURE_CACHE_EVAL_MAX_MB: must be"),
 ])
 def test_bad_cache_settings_are_refused_naming_the_key(build_trainer_for, opts, key):
     from engine.errors import ConfigError

@@ -4,7 +4,9 @@ A trainer subclasses :class:`CLIPTrainer` and provides ``build_clip_model(classn
 ``nn.Module`` with a learnable sub-module ``prompt_learner`` (or none, for zero-shot), ``encode_image``,
 ``text_features()`` (all class text features, L2-normalised) and ``logits(image_features, text_features)``.
 Evaluation computes the text features once per ``test()`` call, never once per test batch. With
-``FEATURE_CACHE_*`` keys on the trainer's node, image features come from ``trainers.feature_cache``.
+``FEATURE_CACHE_*`` keys on the trainer's node, image features come from ``trainers.feature_cache``: the
+test-transform features of the evaluation splits are encoded once per run by default (exact; bounded by
+``FEATURE_CACHE_EVAL_MAX_MB``), augmented training views only when ``FEATURE_CACHE_VIEWS`` asks for them.
 """
 from contextlib import nullcontext
 
@@ -15,7 +17,7 @@ from engine import TrainerX, build_lr_scheduler, build_optimizer, compute_accura
 from engine.errors import ConfigError, TrainingDiverged
 
 from .clip import load_clip
-from .config import PRECISIONS
+from .config import DEFAULT_FEATURE_CACHE_EVAL_MAX_MB, PRECISIONS
 from .feature_cache import CachedFeatureLoader, ImageFeatureCache
 from .registry import default_node
 
@@ -85,7 +87,7 @@ class CLIPTrainer(TrainerX):
     text_features_per_image = False
     checkpoint_ignored_keys = ("token_prefix", "token_suffix")
     _eval_text_features = None
-    feature_cache = None  # ImageFeatureCache when FEATURE_CACHE_VIEWS > 0 or FEATURE_CACHE_EVAL
+    feature_cache = None  # ImageFeatureCache when FEATURE_CACHE_VIEWS > 0 or FEATURE_CACHE_EVAL (default)
 
     @property
     def trainer_cfg(self):
@@ -143,13 +145,21 @@ class CLIPTrainer(TrainerX):
         views = node.get("FEATURE_CACHE_VIEWS", 0)
         if views < 0:
             raise ConfigError(f"{key}.FEATURE_CACHE_VIEWS: must be >= 0 (0 = no training-view cache), got {views}")
-        if views == 0 and not node.get("FEATURE_CACHE_EVAL", False):
+        max_mb = node.get("FEATURE_CACHE_EVAL_MAX_MB", DEFAULT_FEATURE_CACHE_EVAL_MAX_MB)
+        if isinstance(max_mb, bool) or not isinstance(max_mb, (int, float)) or max_mb <= 0:
+            raise ConfigError(f"{key}.FEATURE_CACHE_EVAL_MAX_MB: must be a number of MiB > 0 (the memory bound of the "
+                              f"cached test-transform features; to cache none set {key}.FEATURE_CACHE_EVAL False), "
+                              f"got {max_mb!r}")
+        eval_cache = bool(node.get("FEATURE_CACHE_EVAL", False))
+        if views == 0 and not eval_cache:
             if node.get("FEATURE_CACHE_DIR", ""):
                 raise ConfigError(f"{key}.FEATURE_CACHE_DIR is set but nothing is cached: set {key}.FEATURE_CACHE_VIEWS "
                                   f"> 0 (training views) and/or {key}.FEATURE_CACHE_EVAL True (test images)")
             return None
         return ImageFeatureCache(self.cfg, self.device, self.precision, views, node.FEATURE_CACHE_DIR,
-                                 seed=max(self.cfg.SEED, 0))
+                                 seed=max(self.cfg.SEED, 0),
+                                 eval_max_bytes=int(max_mb * 2 ** 20) if eval_cache else 0,
+                                 embed_dim=self.clip_info.embed_dim, bound_key=f"{key}.FEATURE_CACHE_EVAL_MAX_MB")
 
     def load_init_weights(self, module, path):
         from engine import load_checkpoint
@@ -256,15 +266,17 @@ class CLIPTrainer(TrainerX):
     def test(self, split=None):
         """The engine's evaluation, with the class text features computed once for the whole evaluation
         (unless they depend on the image: ``text_features_per_image``), and the image features encoded once
-        per run with FEATURE_CACHE_EVAL (the loaders then yield cached features instead of images)."""
+        per run with FEATURE_CACHE_EVAL (the loaders then yield cached features instead of images) when the
+        split fits FEATURE_CACHE_EVAL_MAX_MB."""
         self.set_model_mode("eval")
         if not self.text_features_per_image:
             self._eval_text_features = self.model.text_features()
         loaders = self.test_loader, self.val_loader
-        if self.feature_cache is not None:
+        cache = self.feature_cache
+        if cache is not None and cache.eval_fits(self.dm.dataset.test):
             self.test_loader = CachedEvalLoader(self, self.dm.dataset.test, "test")
-            if self.val_loader is not None:
-                self.val_loader = CachedEvalLoader(self, self.dm.dataset.val, "val")
+        if cache is not None and self.val_loader is not None and cache.eval_fits(self.dm.dataset.val):
+            self.val_loader = CachedEvalLoader(self, self.dm.dataset.val, "val")
         try:
             return super().test(split)
         finally:
@@ -282,7 +294,8 @@ class CLIPTrainer(TrainerX):
 
 class CachedEvalLoader:
     """An evaluation split as batches of cached image features (``{"img": (B, D), "label": (B,)}``), in the
-    image loader's order and batch size; the features are encoded (or loaded) when first iterated."""
+    image loader's order and batch size, in the dtype the image encoder gives (the cache keeps float32; an
+    fp16 encoder's features convert back exactly); the features are encoded (or loaded) when first iterated."""
 
     def __init__(self, trainer, items, split):
         self.trainer, self.items, self.split = trainer, items, split
@@ -294,9 +307,10 @@ class CachedEvalLoader:
     def __iter__(self):
         features, labels = self.trainer.feature_cache.eval_features(self.trainer.model, self.items, self.split)
         device = self.trainer.device
+        dtype = getattr(self.trainer.model, "dtype", features.dtype)  # CLIPClassifier: the image tower's dtype
         for start in range(0, len(labels), self.batch_size):
             rows = slice(start, start + self.batch_size)
-            yield {"img": features[rows].to(device), "label": labels[rows].to(device)}
+            yield {"img": features[rows].to(device=device, dtype=dtype), "label": labels[rows].to(device)}
 
 
 class RecordingEvaluator:

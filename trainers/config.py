@@ -9,6 +9,7 @@ from .registry import all_trainers
 PRECISIONS = ("fp16", "fp32", "amp", "bf16")
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 SUBSAMPLE_CHOICES = ("all", "base", "new")
+DEFAULT_FEATURE_CACHE_EVAL_MAX_MB = 2048  # 1M images at D 512 in float32
 
 
 def extend_cfg(cfg):
@@ -23,6 +24,10 @@ def add_feature_cache_config(node):
     """Image-feature cache keys of a trainer whose image encoder is frozen (trainers/feature_cache.py,
     docs/performance.md)."""
     node.FEATURE_CACHE_VIEWS = 0  # N > 0: encode N augmented views per training image once, draw one per epoch
-    node.FEATURE_CACHE_EVAL = False  # encode test/val images (and MixPrompt's training images) once per run
+    # exact: test/val images (and MixPrompt's training images) under the test transform encoded once per run
+    node.FEATURE_CACHE_EVAL = True
+    # memory bound of those features (N x D float32 per split, in MiB); a split that does not fit is encoded
+    # batch by batch at every evaluation instead (the uncached path; same results)
+    node.FEATURE_CACHE_EVAL_MAX_MB = DEFAULT_FEATURE_CACHE_EVAL_MAX_MB
     node.FEATURE_CACHE_DIR = ""  # a folder: save the cached features there, keyed, and reuse them across runs
     return node

@@ -5,9 +5,12 @@ Semantics (docs/performance.md):
   transform, from a seeded RNG; each epoch draws one view per image, uniformly at random. This is a finite
   sample of augmentations, not fresh augmentation every epoch: with V views an image is seen in at most V
   distinct crops over the whole run, so it is off by default (``FEATURE_CACHE_VIEWS 0``);
-- evaluation: the test (or val) features, with the test transform, are encoded once per evaluation set
-  and reused by every later evaluation of the run; they are exactly the features the uncached path
-  computes, so evaluation results do not change.
+- evaluation (on by default, ``FEATURE_CACHE_EVAL``): the test (or val) features, with the test transform,
+  are encoded once per evaluation set and reused by every later evaluation of the run, and so are
+  MixPrompt's training images under the test transform (initialisation, balanced E-step, diagnostics);
+  they are exactly the features the uncached path computes (same batches, same transform, given back in
+  the encoder's dtype), so results do not change. Their memory is bounded by ``FEATURE_CACHE_EVAL_MAX_MB``:
+  a split that would exceed it is not kept (evaluation then encodes it batch by batch, as uncached).
 
 With a cache folder, the tensors are saved there under a key of everything they depend on (backbone file
 or name, precision, input/transform config, the images and labels, views and seed), so another run with the
@@ -51,17 +54,52 @@ def cache_key(cfg, precision, items, purpose, views=1, seed=0):
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:32]
 
 
-class ImageFeatureCache:
-    """Encodes and keeps (optionally on disk, keyed) the image features a run needs."""
+FEATURE_BYTES = 4  # cached features are float32
 
-    def __init__(self, cfg, device, precision, views, folder="", seed=0):
+
+class ImageFeatureCache:
+    """Encodes and keeps (optionally on disk, keyed) the image features a run needs.
+
+    ``eval_max_bytes``: bound of the test-transform features kept in memory (0: none are kept, i.e.
+    FEATURE_CACHE_EVAL off); ``embed_dim``: the feature size D, to size a split before encoding it;
+    ``bound_key``: the config key named when a split does not fit.
+    """
+
+    def __init__(self, cfg, device, precision, views, folder="", seed=0, eval_max_bytes=0, embed_dim=0,
+                 bound_key="FEATURE_CACHE_EVAL_MAX_MB"):
         self.cfg = cfg
         self.device = device
         self.precision = precision
         self.views = views
         self.folder = os.path.expanduser(folder) if folder else ""
         self.seed = seed
+        self.eval_max_bytes = eval_max_bytes
+        self.embed_dim = embed_dim
+        self.bound_key = bound_key
         self._memory = {}
+        self._eval_bytes = 0  # test-transform features kept so far
+        self._refused = set()  # keys already reported as over the bound
+
+    @property
+    def caches_eval(self):
+        return self.eval_max_bytes > 0
+
+    def eval_fits(self, items):
+        """Whether the test-transform features of ``items`` are (or may be) kept in memory."""
+        key = cache_key(self.cfg, self.precision, items, "eval")
+        if key in self._memory:
+            return True
+        if not self.caches_eval:
+            return False
+        size = len(items) * self.embed_dim * FEATURE_BYTES
+        if self._eval_bytes + size <= self.eval_max_bytes:
+            return True
+        if key not in self._refused:
+            self._refused.add(key)
+            print(f"Image features of {len(items)} images ({size / 2 ** 20:.0f} MiB) not cached: "
+                  f"{self._eval_bytes / 2 ** 20:.0f} MiB already kept, bound {self.bound_key} "
+                  f"{self.eval_max_bytes / 2 ** 20:.0f} MiB; encoded at every use instead")
+        return False
 
     def train_views(self, model, items):
         """(features (N, V, D), labels (N,)): V augmented views of every training image."""
@@ -85,10 +123,15 @@ class ImageFeatureCache:
             features, labels, _ = compute_image_features(model, items, self.cfg, self.device)
             return features, labels
 
-        return self._get(cache_key(self.cfg, self.precision, items, "eval"), encode,
-                         f"{len(items)} {what} images (test transform)")
+        key = cache_key(self.cfg, self.precision, items, "eval")
+        new = key not in self._memory and self.eval_fits(items)
+        value = self._get(key, encode, f"{len(items)} {what} images (test transform)", keep=new)
+        if new:
+            self._eval_bytes += value[0].numel() * FEATURE_BYTES
+        return value
 
-    def _get(self, key, encode, what):
+    def _get(self, key, encode, what, keep=True):
+        """The features of ``key``: from memory, the cache folder, or ``encode()``; kept in memory if ``keep``."""
         if key in self._memory:
             return self._memory[key]
         path = os.path.join(self.folder, f"{key}.pt") if self.folder else None
@@ -101,7 +144,8 @@ class ImageFeatureCache:
             value = encode()
             if path:
                 save_atomically({"features": value[0], "labels": value[1]}, path)
-        self._memory[key] = value
+        if keep:
+            self._memory[key] = value
         return value
 
 
