@@ -12,7 +12,15 @@ Cars data of the requested shape. Sections (docs/performance.md):
    token space for each K;
 3. a large label space in token space (default C 2000, K 32): unchunked vs chunked + checkpointed vs class
    sampling, peak memory per step;
-4. the image-feature cache: a MixPrompt (feature space) epoch with and without FEATURE_CACHE_VIEWS.
+4. the image-feature cache: a MixPrompt (feature space) epoch with and without FEATURE_CACHE_VIEWS;
+5. ``real``: every method at real model size (default a random-weight ViT-B/16 in OpenAI's format,
+   ``--real-backbone random:ViT-B/16``): start-up (building the trainer: loading CLIP, the model, MixPrompt's
+   initialisation), a training step, one epoch, the test phase and the peak resident memory, with
+   repetitions interleaved across methods (round 1: A B C ..., round 2: A B C ...): each figure is the median
+   with the min-max over rounds, each ratio the median (min-max) of per-round ratios, so that a load spike
+   on a shared machine moves one round, not one method. "CoOp (reference way)" is CoOp as the reference
+   code runs it: prompts padded to 77 tokens (``trim_padding`` off), class text features recomputed for every
+   test batch, no feature cache. Not part of the default sections (minutes per round on a CPU).
 
 Times are medians over ``--reps`` after ``--warmup`` calls. Peak memory: on CUDA the allocator's peak
 (``torch.cuda.max_memory_allocated``) above the memory in use before the call; on CPU (Linux) the process's
@@ -43,6 +51,11 @@ from tabulate import tabulate  # noqa: E402
 from trainers import registry  # noqa: E402  (every trainer: its config node, default config, bench rows)
 
 DEFAULT_METHODS = ("ZeroshotCLIP", "CoOp", "CoCoOp", "MixPrompt")
+SECTIONS = ("text", "methods", "large", "cache", "real")
+REFERENCE_ROW = "CoOp (reference way)"
+REAL_METHODS = ("ZeroshotCLIP", "LinearProbeCLIP", "CoOp", REFERENCE_ROW, "CoCoOp", "MixPrompt feature",
+                "MixPrompt token")
+COCOOP_BATCH = 1  # CoCoOp's recipe (configs/trainers/CoCoOp): one image per batch
 AUTO_ESTIMATE_PROMPTS = 16_000
 TARGETS = {  # issue 8's bars, checked (not asserted) in the summary
     "trim_speedup": (">=", 2.0),
@@ -51,6 +64,10 @@ TARGETS = {  # issue 8's bars, checked (not asserted) in the summary
     "step_ratio_mixprompt_feature_vs_coop": ("<=", 0.7),
     "memory_ratio_best_vs_unchunked": ("<=", 0.25),
     "cache_epoch_speedup": (">=", 5.0),
+    # issue 20, at real size (section 5)
+    "real_coop_test_vs_reference": ("<=", 0.9),
+    "real_coop_epoch_vs_reference": ("<=", 0.75),
+    "real_mixprompt_feature_run_vs_coop_run": ("<=", 0.8),
 }
 
 
@@ -82,8 +99,21 @@ def build_parser():
                    "busy machine)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--reps", type=int, default=3, help="repetitions (median) of steps and evaluations")
-    p.add_argument("--sections", nargs="+", choices=("text", "methods", "large", "cache"),
-                   default=["text", "methods", "large", "cache"])
+    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=["text", "methods", "large", "cache"],
+                   help="default: text methods large cache (real: section 5, real model size)")
+    p.add_argument("--real-backbone", default="random:ViT-B/16", help="section 5's CLIP: random:ARCH (a random-"
+                   "weight checkpoint in OpenAI's format,\nwritten once into the work folder) or any MODEL.BACKBONE.NAME")
+    p.add_argument("--real-methods", nargs="+", default=list(REAL_METHODS), metavar="ROW",
+                   help=f"section 5's rows, in round order; default: {' | '.join(REAL_METHODS)}")
+    p.add_argument("--real-classes", type=int, default=50, help="C of section 5")
+    p.add_argument("--real-shots", type=int, default=2, help="training images per class of section 5")
+    p.add_argument("--real-test-per-class", type=int, default=2, help="test images per class of section 5")
+    p.add_argument("--real-K", type=int, default=8, help="K of section 5's MixPrompt rows")
+    p.add_argument("--real-rounds", type=int, default=3, help="interleaved rounds of section 5")
+    p.add_argument("--real-epochs", type=int, default=2, help="epochs of the composed run figure (start-up + "
+                   "epochs x epoch + test)")
+    p.add_argument("--real-cocoop-steps", type=int, default=2, help="CoCoOp (batch 1, its recipe) steps timed; "
+                   "its epoch is estimated as median step x batches")
     p.add_argument("--work-dir", help="where the generated data and weights go (default: a temporary folder)")
     p.add_argument("--json", help="also write all figures to this JSON file")
     return p
@@ -126,6 +156,23 @@ class MemoryMeter:
         result = fn()
         return result, max(self._status("VmHWM:") - start, 0)
 
+    def reset_peak(self):
+        """Start a new absolute peak (``peak()``): the allocator's on CUDA, the resident set's on CPU."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            return
+        self.libc.malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
+    def peak(self):
+        """Peak bytes since ``reset_peak()``: allocated CUDA memory, or the process's resident set on CPU."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated()
+        return self._status("VmHWM:")
+
 
 def timed(fn, device):
     if device.type == "cuda":
@@ -161,13 +208,28 @@ class Workspace:
         self.args = args
         self.folder = Path(folder)
         self.device = torch.device(args.device)
-        self.backbone = args.backbone
-        if args.backbone == "tiny":
-            from trainers.clip import save_tiny_clip
-
-            self.backbone = str(save_tiny_clip(self.folder / "tiny_clip.pt"))
+        self.backbone = self.resolve_backbone(args.backbone)
         self.roots = {}
         self.log = open(self.folder / "trainers.log", "a")
+
+    def resolve_backbone(self, name):
+        """"tiny" and "random:ARCH" are written into the work folder (once: a later run with the same
+        --work-dir reuses them); any other name is a MODEL.BACKBONE.NAME."""
+        if name == "tiny":
+            from trainers.clip import save_tiny_clip
+
+            return str(save_tiny_clip(self.folder / "tiny_clip.pt"))
+        if name.startswith("random:"):
+            from trainers.clip import save_random_clip
+            from trainers.clip.provenance import read_provenance
+
+            arch = name.split(":", 1)[1]
+            path = self.folder / f"random_{arch.replace('/', '-')}.pt"
+            if not (path.is_file() and read_provenance(path)):
+                progress(f"  writing a random-weight CLIP {arch} (OpenAI's format) to {path}")
+                save_random_clip(path, arch, seed=0, precision="fp16")
+            return str(path)
+        return name
 
     def data_root(self, classes, shots, test_per_class):
         """A generated root with at least ``shots`` training images per class after the train/val split."""
@@ -186,7 +248,7 @@ class Workspace:
             self.roots[key] = str(root)
         return self.roots[key]
 
-    def trainer(self, name, root, shots, opts=()):
+    def trainer(self, name, root, shots, opts=(), backbone=None, batch=None):
         from engine import build_trainer, set_random_seed
         from trainers.cli import build_parser, setup_cfg
 
@@ -196,8 +258,8 @@ class Workspace:
                 "--dataset-config-file", str(REPO_ROOT / "configs/datasets/stanford_cars.yaml"),
                 "--config-file", str(REPO_ROOT / registry.config_path(trainer, trainer.default_config)),
                 "--output-dir", str(self.folder / "out"),
-                "MODEL.BACKBONE.NAME", self.backbone, "DATASET.NUM_SHOTS", str(shots),
-                "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", str(self.args.batch),
+                "MODEL.BACKBONE.NAME", backbone or self.backbone, "DATASET.NUM_SHOTS", str(shots),
+                "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", str(batch or self.args.batch),
                 "DATALOADER.TEST.BATCH_SIZE", "100", "USE_CUDA", str(self.device.type == "cuda"),
                 f"TRAINER.{node}.PREC", self.args.prec, *opts]
         with contextlib.redirect_stdout(self.log):
@@ -337,6 +399,16 @@ def estimate_unchunked(ws, args, meter, opts):
     return {"step_seconds": seconds * scale, "step_peak_bytes": int(peak * scale), "estimated": True}
 
 
+def augmented_training_opts():
+    """Opts for MixPrompt steps on augmented images (what the view cache replaces), where MixPrompt can
+    train on the clean test-transform features instead (TRAINER.MIXPROMPT.TRAIN_FEATURES)."""
+    from trainers.registry import default_node
+
+    if "TRAIN_FEATURES" in default_node(registry.get_trainer("MixPrompt")):
+        return ["TRAINER.MIXPROMPT.TRAIN_FEATURES", "augmented"]
+    return []
+
+
 def bench_cache(ws, args, meter):
     """Section 4: a MixPrompt (feature space, K = first --K) training epoch with and without the cache."""
     root = ws.data_root(args.classes, args.shots, args.test_per_class)
@@ -347,7 +419,8 @@ def bench_cache(ws, args, meter):
         progress(f"  MixPrompt feature K{k} epoch: {label}")
         build_start = time.perf_counter()
         trainer = ws.trainer("MixPrompt", root, args.shots, ["TRAINER.MIXPROMPT.K", str(k),
-                             "TRAINER.MIXPROMPT.INIT", "random", "TRAINER.MIXPROMPT.FEATURE_CACHE_VIEWS", str(views)])
+                             "TRAINER.MIXPROMPT.INIT", "random", "TRAINER.MIXPROMPT.FEATURE_CACHE_VIEWS", str(views),
+                             *augmented_training_opts()])
         build_seconds = time.perf_counter() - build_start
         trainer.max_epoch, trainer.start_epoch = 10, 0
 
@@ -364,7 +437,177 @@ def bench_cache(ws, args, meter):
     return rows
 
 
+def real_variants(args):
+    """(row label, trainer, opts, batch, reference) of section 5, in --real-methods order."""
+    k = args.real_K
+    variants = {}
+    for name in ("ZeroshotCLIP", "LinearProbeCLIP", "CoOp", "CoCoOp", "MixPrompt"):
+        trainer = registry.get_trainer(name)
+        batch = COCOOP_BATCH if name == "CoCoOp" else args.batch
+        for label, opts in trainer.bench_variants([k], args.n_ctx):
+            variants[label.replace(f" K{k}", "")] = (name, opts, batch)
+    coop_opts = variants["CoOp"][1]
+    variants[REFERENCE_ROW] = ("CoOp", coop_opts + ["TRAINER.COOP.FEATURE_CACHE_EVAL", "False"], args.batch)
+    rows = []
+    for label in args.real_methods:
+        if label not in variants:
+            raise SystemExit(f"ERROR: --real-methods: unknown row {label!r}; known: {' | '.join(variants)}")
+        name, opts, batch = variants[label]
+        rows.append((label, name, opts, batch, label == REFERENCE_ROW))
+    return rows
+
+
+def use_reference_way(trainer):
+    """CoOp as the reference code runs it: prompts padded to 77 tokens, the class text features recomputed
+    for every test batch (its test() calls the whole model per batch); the feature cache is off by opts."""
+    trainer.model.text_encoder.trim_padding = False
+    trainer.text_features_per_image = True
+
+
+class StepTimer:
+    """Times every ``forward_backward`` call of a trainer (one training step each)."""
+
+    def __init__(self, trainer, device):
+        self.seconds = []
+        inner = trainer.forward_backward
+
+        def timed_step(batch):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            result = inner(batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            self.seconds.append(time.perf_counter() - start)
+            return result
+        trainer.forward_backward = timed_step
+
+
+def real_round(ws, args, meter, root, variant):
+    """One method's figures in one round: start-up, steps, epoch, test phase, peak memory (seconds, bytes)."""
+    label, name, opts, batch, reference = variant
+    row = {"load_1min": os.getloadavg()[0]}
+    meter.reset_peak()
+    start = time.perf_counter()
+    trainer = ws.trainer(name, root, args.real_shots, opts, backbone=ws.real_backbone, batch=batch)
+    if reference:
+        use_reference_way(trainer)
+    row["startup"] = time.perf_counter() - start
+    if name == "LinearProbeCLIP":  # no epochs: encoding the train and val images, then the C search
+        with ws.quiet():
+            row["train"] = timed(trainer.fit, ws.device)
+    elif registry.get_trainer(name).few_shot:
+        timer = StepTimer(trainer, ws.device)
+        trainer.max_epoch, trainer.start_epoch, trainer.epoch = max(args.real_epochs, 1), 0, 0
+        batches = len(trainer.train_loader_x)
+        with ws.quiet():
+            trainer.set_model_mode("train")
+            if name == "CoCoOp":  # batch 1: an epoch is one step per image; timed steps, epoch estimated
+                trainer.num_batches = batches + 1  # never the epoch's last batch: lr unchanged
+                loader = iter(trainer.train_loader_x)
+                for trainer.batch_idx in range(min(args.real_cocoop_steps, batches)):
+                    trainer.forward_backward(next(loader))
+            else:
+                epoch_start = time.perf_counter()
+                trainer.before_epoch()
+                trainer.run_epoch()
+                row["epoch"] = time.perf_counter() - epoch_start
+        row["step"] = statistics.median(timer.seconds)
+        row["batches"] = batches
+        if name == "CoCoOp":
+            row["epoch"] = row["step"] * batches
+            row["epoch_estimated"] = True
+
+    def evaluate():
+        with ws.quiet():
+            trainer.test()
+    row["test"] = timed(evaluate, ws.device)
+    row["peak_bytes"] = meter.peak()
+    if "epoch" in row:
+        row["run"] = row["startup"] + args.real_epochs * row["epoch"] + row["test"]
+    del trainer
+    return row
+
+
+def bench_real(ws, args, meter):
+    """Section 5: each method at real model size, rounds interleaved across methods."""
+    ws.real_backbone = ws.resolve_backbone(args.real_backbone)
+    root = ws.data_root(args.real_classes, args.real_shots, args.real_test_per_class)
+    variants = real_variants(args)
+    rounds = []
+    for index in range(args.real_rounds):
+        rounds.append({})
+        for variant in variants:
+            progress(f"  round {index + 1}/{args.real_rounds}: {variant[0]} ({load_average()})")
+            rounds[-1][variant[0]] = real_round(ws, args, meter, root, variant)
+    return {"backbone": args.real_backbone, "rounds": rounds, "rows": [v[0] for v in variants],
+            "summary": summarise_rounds(rounds), "ratios": real_ratios(rounds, args.real_K)}
+
+
+REAL_FIGURES = ("startup", "step", "epoch", "train", "test", "run", "peak_bytes")
+
+
+def spread(values):
+    """{"median", "min", "max", "n"} of the non-missing ``values``, or None."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def summarise_rounds(rounds):
+    """{row: {figure: spread over rounds}}."""
+    summary = {}
+    for label in rounds[0]:
+        summary[label] = {fig: spread([r[label].get(fig) for r in rounds]) for fig in REAL_FIGURES}
+        summary[label]["epoch_estimated"] = rounds[0][label].get("epoch_estimated", False)
+        summary[label]["batches"] = rounds[0][label].get("batches")
+    return summary
+
+
+REAL_RATIOS = (  # name, numerator row, denominator row, figure
+    ("real_coop_test_vs_reference", "CoOp", REFERENCE_ROW, "test"),
+    ("real_coop_epoch_vs_reference", "CoOp", REFERENCE_ROW, "epoch"),
+    ("real_coop_step_vs_reference", "CoOp", REFERENCE_ROW, "step"),
+    ("real_mixprompt_feature_run_vs_coop_run", "MixPrompt feature", "CoOp", "run"),
+    ("real_mixprompt_feature_step_vs_coop_step", "MixPrompt feature", "CoOp", "step"),
+    ("real_mixprompt_feature_epoch_vs_coop_epoch", "MixPrompt feature", "CoOp", "epoch"),
+    ("real_mixprompt_feature_test_vs_zeroshot_test", "MixPrompt feature", "ZeroshotCLIP", "test"),
+    ("real_mixprompt_token_step_vs_coop_step", "MixPrompt token", "CoOp", "step"),
+    ("real_coop_test_vs_zeroshot_test", "CoOp", "ZeroshotCLIP", "test"),
+)
+
+
+def real_ratios(rounds, k):
+    """Each ratio as the spread of its per-round values (the median of per-round ratios)."""
+    out = {}
+    for name, top, bottom, figure in REAL_RATIOS:
+        values = [r[top][figure] / r[bottom][figure] for r in rounds
+                  if r.get(top, {}).get(figure) and r.get(bottom, {}).get(figure)]
+        if values:
+            out[name] = spread(values)
+    return out
+
+
+def load_average():
+    """The 1, 5 and 15 minute load averages (a shared machine's figures depend on them)."""
+    try:
+        return "load " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "load unknown"
+
+
 # --------------------------------------------------------------------------------------- report
+def span(value, unit):
+    """A spread as "median [min-max]" in seconds or MiB ("-" when missing)."""
+    if value is None:
+        return "-"
+    scale = 2 ** 20 if unit == "MiB" else 1
+    fmt = "{:.0f}" if unit == "MiB" else "{:.2f}"
+    median, low, high = (fmt.format(value[k] / scale) for k in ("median", "min", "max"))
+    return median if value["n"] == 1 else f"{median} [{low}-{high}]"
+
+
 def mib(value):
     return "-" if value is None else f"{value / 2 ** 20:.1f}"
 
@@ -379,7 +622,7 @@ def ratios(results):
     if text:
         out["trim_speedup"] = text["trim_speedup"]
         out["trim_max_abs_diff"] = text["trim_max_abs_diff"]
-    methods = {row["method"]: row for row in results.get("methods", [])}
+    methods = {row["method"]: row for row in results.get("methods") or []}
     k = results["args"]["K"][0]
     zs, coop, feature = methods.get("ZeroshotCLIP"), methods.get("CoOp"), methods.get(f"MixPrompt feature K{k}")
     token = methods.get(f"MixPrompt token K{k}")
@@ -396,6 +639,8 @@ def ratios(results):
     cache = results.get("cache")
     if cache:
         out["cache_epoch_speedup"] = cache[0]["epoch_seconds"] / cache[1]["epoch_seconds"]
+    if results.get("real"):
+        out.update(results["real"]["ratios"])
     return out
 
 
@@ -403,7 +648,8 @@ def render(results):
     lines = []
     args = results["args"]
     lines.append(f"device {args['device']} ({results['device_name']}), backbone {results['backbone']}, "
-                 f"torch {torch.__version__}, {torch.get_num_threads()} threads, precision {args['prec']}")
+                 f"torch {torch.__version__}, {torch.get_num_threads()} threads, precision {args['prec']}; "
+                 f"{results['load_start']} at the start, {results['load_end']} at the end")
     text = results.get("text")
     if text:
         lines.append(f"\n1. Text encoding, {text['prompts']} CoOp prompts (N_CTX {args['n_ctx']}), forward")
@@ -427,15 +673,35 @@ def render(results):
         lines.append(tabulate([[r["setting"], r["batches"], ms(r["epoch_seconds"]), mib(r["epoch_peak_bytes"]),
                                 f"{r['build_seconds']:.1f}"] for r in results["cache"]],
                               headers=["setting", "batches", "epoch ms", "epoch peak MiB", "build s (incl. cache)"]))
-    lines.append("\nRatios (measured in this run)")
+    real = results.get("real")
+    if real:
+        lines.append(f"\n5. Real size ({real['backbone']}, C {args['real_classes']}, {args['real_shots']} shots, "
+                     f"{args['real_test_per_class']} test images per class, batch {args['batch']}, K {args['real_K']}): "
+                     f"median [min-max] over {len(real['rounds'])} interleaved rounds")
+        table = []
+        for label in real["rows"]:
+            row = real["summary"][label]
+            epoch = span(row["epoch"], "s") + (" (est.)" if row["epoch_estimated"] and row["epoch"] else "")
+            table.append([label, span(row["startup"], "s"), span(row["step"], "s"), epoch, span(row["train"], "s"),
+                          span(row["test"], "s"), span(row["run"], "s"), span(row["peak_bytes"], "MiB"), row["batches"]])
+        lines.append(tabulate(table, headers=["method", "start-up s", "step s", "epoch s", "fit s", "test s",
+                                              f"run s ({args['real_epochs']} ep.)", "peak RSS MiB", "batches"]))
+        lines.append(f"run = start-up + {args['real_epochs']} x epoch + test; loads at the start of each row: "
+                     "see the progress lines / JSON")
+    lines.append("\nRatios (measured in this run; real-size ones: median [min-max] of per-round ratios)")
     rows = []
     for name, value in results["ratios"].items():
         target = TARGETS.get(name)
+        if isinstance(value, dict):
+            text = f"{value['median']:.3g} [{value['min']:.3g}-{value['max']:.3g}]"
+            value = value["median"]
+        else:
+            text = f"{value:.3g}"
         verdict = "-"
         if target:
             op, bar = target
             verdict = ("meets" if (value >= bar if op == ">=" else value <= bar) else "misses") + f" {op} {bar:g}"
-        rows.append([name, f"{value:.3g}", verdict])
+        rows.append([name, text, verdict])
     lines.append(tabulate(rows, headers=["ratio", "value", "target"]))
     return "\n".join(lines)
 
@@ -444,7 +710,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("ERROR: --device cuda but torch sees no CUDA device")
-    for name in ("classes", "batch", "n_ctx", "reps", "large_classes", "large_K", "chunk", "shots"):
+    for name in ("classes", "batch", "n_ctx", "reps", "large_classes", "large_K", "chunk", "shots", "real_classes",
+                 "real_shots", "real_test_per_class", "real_K", "real_rounds", "real_epochs", "real_cocoop_steps"):
         if getattr(args, name) < 1:
             raise SystemExit(f"ERROR: --{name.replace('_', '-')} must be >= 1")
     for name in args.methods:
@@ -459,12 +726,15 @@ def main(argv=None):
         folder = args.work_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="mixprompt-bench-"))
         os.makedirs(folder, exist_ok=True)
         ws = Workspace(args, folder)
-        results = {"args": vars(args), "backbone": args.backbone, "device_name": device_name(args.device)}
-        sections = {"text": bench_text, "methods": bench_methods, "large": bench_large, "cache": bench_cache}
-        for index, name in enumerate(("text", "methods", "large", "cache"), 1):
+        results = {"args": vars(args), "backbone": args.backbone, "device_name": device_name(args.device),
+                   "load_start": load_average()}
+        sections = {"text": bench_text, "methods": bench_methods, "large": bench_large, "cache": bench_cache,
+                    "real": bench_real}
+        for index, name in enumerate(SECTIONS, 1):
             if name in args.sections:
-                progress(f"[{index}/4] {name}")
+                progress(f"[{index}/{len(SECTIONS)}] {name}")
                 results[name] = sections[name](ws, args, meter)
+        results["load_end"] = load_average()
         results["ratios"] = ratios(results)
     print(render(results))
     if args.json:

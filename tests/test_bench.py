@@ -14,7 +14,9 @@ def test_bench_runs_every_section_and_reports_ratios(tmp_path):
         [sys.executable, "scripts/bench.py", "--classes", "6", "--K", "2", "--batch", "8", "--n-ctx", "4",
          "--large-classes", "12", "--large-K", "2", "--chunk", "8", "--class-sample", "3", "--shots", "2",
          "--cache-views", "2", "--reps", "1", "--warmup", "0", "--threads", "1", "--work-dir", str(tmp_path / "w"),
-         "--json", str(out)],
+         "--sections", "text", "methods", "large", "cache", "real", "--real-backbone", "tiny", "--real-classes", "3",
+         "--real-shots", "2", "--real-test-per-class", "1", "--real-K", "2", "--real-rounds", "2",
+         "--real-methods", "CoOp", "CoOp (reference way)", "MixPrompt feature", "--json", str(out)],
         cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(out.read_text())
@@ -32,6 +34,26 @@ def test_bench_runs_every_section_and_reports_ratios(tmp_path):
                                       "cache_epoch_speedup"}
     for name in ("trim_speedup", "eval_ratio_mixprompt_vs_zeroshot", "cache_epoch_speedup"):
         assert name in result.stdout  # the printed table names every ratio
+    real = results["real"]
+    assert real["rows"] == ["CoOp", "CoOp (reference way)", "MixPrompt feature"] and len(real["rounds"]) == 2
+    for row in real["rounds"][0].values():
+        assert row["startup"] > 0 and row["step"] > 0 and row["epoch"] > 0 and row["test"] > 0 and row["peak_bytes"] > 0
+    ratio = results["ratios"]["real_coop_test_vs_reference"]
+    assert ratio["n"] == 2 and ratio["min"] <= ratio["median"] <= ratio["max"]
+    assert "5. Real size" in result.stdout and "real_mixprompt_feature_run_vs_coop_run" in result.stdout
+
+
+def test_real_size_ratios_are_medians_of_per_round_ratios():
+    """A slow round moves one round's ratio, not the summary: the ratio is taken within each round first."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench", REPO_ROOT / "scripts" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rounds = [{"CoOp": {"test": t}, bench.REFERENCE_ROW: {"test": r}} for t, r in ((1, 2), (10, 20), (3, 4))]
+    ratio = bench.real_ratios(rounds, 8)["real_coop_test_vs_reference"]
+    assert ratio == {"median": 0.5, "min": 0.5, "max": 0.75, "n": 3}
+    assert bench.summarise_rounds(rounds)["CoOp"]["test"] == {"median": 3, "min": 1, "max": 10, "n": 3}
 
 
 def test_bench_rejects_bad_shapes():
