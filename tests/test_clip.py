@@ -584,3 +584,26 @@ def test_cli_writes_loadable_file(tmp_path):
     assert loaded.random_weights and loaded.embed_dim == 64
     expected = build_tiny_clip_state_dict(seed=5, arch="rn")
     assert torch.equal(loaded.model.visual.attnpool.c_proj.weight, expected["visual.attnpool.c_proj.weight"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# In-place QuickGELU: the same bits as open_clip's, and gradients where they are needed
+
+
+def test_fast_quick_gelu_is_bit_identical_and_keeps_gradients(tiny_models):
+    from open_clip.transformer import QuickGELU as OpenCLIPQuickGELU
+
+    from trainers.clip.activations import QuickGELU
+
+    gelus = [m for m in tiny_models["vit"].model.modules() if isinstance(m, OpenCLIPQuickGELU)]
+    assert gelus and all(type(m) is QuickGELU for m in gelus)
+    x = torch.randn(3, 5, 256) * 4
+    reference = OpenCLIPQuickGELU()(x)
+    with torch.no_grad():
+        assert torch.equal(QuickGELU()(x), reference)
+        assert torch.equal(QuickGELU()(x.half()), OpenCLIPQuickGELU()(x.half()))
+    leaf = x.clone().requires_grad_(True)
+    QuickGELU()(leaf).sum().backward()
+    expected = x.clone().requires_grad_(True)
+    OpenCLIPQuickGELU()(expected).sum().backward()
+    assert torch.equal(leaf.grad, expected.grad)
