@@ -24,7 +24,6 @@ from torch import nn
 
 from engine.errors import WeightsError
 
-from .activations import use_fast_quick_gelu
 from .provenance import is_random, provenance_banner, random_weights_banner, read_provenance
 from .text import TextEncoder
 
@@ -309,6 +308,8 @@ def _text_encoder(model: nn.Module, name: str, source: str) -> TextEncoder:
 def _finalise(model: nn.Module, device: Union[str, torch.device]) -> nn.Module:
     """fp32, eval mode, every parameter frozen, on ``device``; QuickGELU computed in place where it can be
     (same results, activations.py)."""
+    from .activations import use_fast_quick_gelu  # imports open_clip (~2 s of CPU): only when a model is loaded
+
     use_fast_quick_gelu(model)
     model = model.float().eval().to(device)
     model.requires_grad_(False)
