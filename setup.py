@@ -27,5 +27,5 @@ setup(
         "tqdm",
         "tensorboard",
     ],
-    extras_require={"test": ["pytest", "submitit"]},
+    extras_require={"test": ["pytest", "pytest-xdist", "filelock", "submitit"]},
 )

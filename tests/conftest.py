@@ -20,6 +20,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _load_script(name):
+    """``scripts/<name>.py`` as a module (its ``main`` can then run in the test's process)."""
     spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -80,13 +81,27 @@ def build_trainer_for(tiny_clip, cars_root, tmp_path):
     return build
 
 
+def shared_tmp_dir(tmp_path_factory, name):
+    """A folder shared by every pytest-xdist worker of this run (the per-run base folder without xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # each worker's base folder lies in the run's
+    folder = base / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def world_clip(tmp_path_factory):
-    """The tiny CLIP pretrained on the generated world with the quick recipe (about a minute), once."""
+    """The tiny CLIP pretrained on the generated world with the quick recipe (about a minute), once per run:
+    the first worker to ask trains it, the others wait on the lock and load the file."""
+    from filelock import FileLock
+
     from trainers.clip.pretrain import pretrain_tiny_clip, recipe_for
 
-    path = tmp_path_factory.mktemp("world_weights") / "world_clip_quick.pt"
-    pretrain_tiny_clip(path, recipe_for(quick=True), progress=False, threads=1)
+    path = shared_tmp_dir(tmp_path_factory, "world_weights") / "world_clip_quick.pt"
+    with FileLock(f"{path}.lock"):
+        pretrain_tiny_clip(path, recipe_for(quick=True), progress=False, threads=1)  # a no-op when present
     return str(path)
 
 

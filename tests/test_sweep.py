@@ -15,7 +15,7 @@ import time
 import pytest
 import yaml
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, _load_script
 
 ACCURACY = re.compile(r"\* accuracy: ([\d.]+)%")
 TINY = ["OPTIM.MAX_EPOCH", "1", "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
@@ -59,6 +59,14 @@ def skip_line(run_dir):
 def finished_accuracy(run_dir, signal="Finish training"):
     text = (run_dir / "log.txt").read_text()
     return float(ACCURACY.findall(text.split(signal)[1])[-1])
+
+
+@pytest.fixture
+def sweep_main(monkeypatch):
+    """scripts/sweep.py's ``main`` run in this process (from the repository root, like the command), for the
+    checks that stop before anything runs: no interpreter to start, so each costs milliseconds, not seconds."""
+    monkeypatch.chdir(REPO_ROOT)
+    return _load_script("sweep").main
 
 
 @pytest.fixture
@@ -211,32 +219,39 @@ def test_submitit_local_runs_waves_of_array_parallelism_jobs_and_reports_failure
     (["--trainers", "CoOp", "--executor", "slurm", "--slurm-extra", "account"], "--slurm-extra takes KEY=VALUE"),
     (["--trainers", "CoOp", "--gpus", "1"], "unrecognized arguments: --gpus"),
 ])
-def test_bad_input_is_refused_with_one_error_line_before_anything_runs(args, message, tmp_path):
+def test_bad_input_is_refused_with_one_error_line_before_anything_runs(args, message, tmp_path, sweep_main,
+                                                                      capsys):
     if "--datasets" not in args:
         args = ["--datasets", "stanford_cars", *args]
     out = tmp_path / "output"
-    proc = sweep(*args, "--output", str(out))
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("ERROR: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert message in proc.stderr
+    with pytest.raises(SystemExit) as exited:  # sweep.py's main in this process: the command line is tested above
+        sweep_main([*args, "--output", str(out)])
+    stderr = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert stderr.startswith("ERROR: ") and len(stderr.strip().splitlines()) == 1, stderr
+    assert message in stderr
     assert not out.exists()
 
 
-def test_an_unknown_config_key_stops_the_sweep_before_the_first_run(fake_train, tmp_path):
+def test_an_unknown_config_key_stops_the_sweep_before_the_first_run(fake_train, tmp_path, sweep_main, capsys,
+                                                                     monkeypatch):
     python, env, recorded = fake_train
-    proc = sweep("--trainers", "CoOp", "--datasets", "stanford_cars", "--output", str(tmp_path / "output"),
-                 "--python", python, "--opts", "OPTIM.MAX_EPOCHS", "1", **env)
-    assert proc.returncode == 2 and "Unknown config key OPTIM.MAX_EPOCHS" in proc.stderr
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exited:
+        sweep_main(["--trainers", "CoOp", "--datasets", "stanford_cars", "--output", str(tmp_path / "output"),
+                    "--python", python, "--opts", "OPTIM.MAX_EPOCHS", "1"])
+    assert exited.value.code == 2 and "Unknown config key OPTIM.MAX_EPOCHS" in capsys.readouterr().err
     assert recorded() == [] and not (tmp_path / "output").exists()
 
 
-def test_without_submitit_its_executors_say_how_to_install_it(tmp_path):
-    code = ("import runpy, sys; sys.modules['submitit'] = None; "
-            f"sys.argv = ['sweep.py', '--trainers', 'CoOp', '--datasets', 'stanford_cars', '--output', "
-            f"{str(tmp_path)!r}, '--executor', 'submitit-local', '--no-check']; "
-            "runpy.run_path('scripts/sweep.py', run_name='__main__')")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "ERROR: the submitit executors need submitit: pip install submitit" in proc.stderr
+def test_without_submitit_its_executors_say_how_to_install_it(tmp_path, sweep_main, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "submitit", None)  # what "import submitit" meets where it is not installed
+    with pytest.raises(SystemExit) as exited:
+        sweep_main(["--trainers", "CoOp", "--datasets", "stanford_cars", "--output", str(tmp_path), "--executor",
+                    "submitit-local", "--no-check"])
+    stderr = capsys.readouterr().err
+    assert exited.value.code == 2 and "ERROR: the submitit executors need submitit: pip install submitit" in stderr
 
 
 def test_a_small_grid_of_tiny_runs_locally_then_skipped(cars_root, tiny_clip, tmp_path):
@@ -409,7 +424,19 @@ def test_slurm_with_wait_reports_each_job_and_the_failures(fake_train, fake_slur
 
 
 @pytest.mark.skipif(shutil.which("srun") is not None, reason="SLURM is installed here")
-def test_slurm_without_slurm_says_so(tmp_path):
-    proc = sweep("--trainers", "CoOp", "--datasets", "stanford_cars", "--output", str(tmp_path), "--executor",
-                 "slurm", "--no-check")
-    assert proc.returncode == 2 and "ERROR: --executor slurm needs SLURM (srun and sbatch on PATH)" in proc.stderr
+def test_slurm_without_slurm_says_so(tmp_path, sweep_main, capsys):
+    with pytest.raises(SystemExit) as exited:
+        sweep_main(["--trainers", "CoOp", "--datasets", "stanford_cars", "--output", str(tmp_path), "--executor",
+                    "slurm", "--no-check"])
+    stderr = capsys.readouterr().err
+    assert exited.value.code == 2 and "ERROR: --executor slurm needs SLURM (srun and sbatch on PATH)" in stderr
+
+
+def test_the_sweep_and_the_reports_start_without_loading_clips_libraries():
+    """Every run script starts the sweep, and the report tools read trainer declarations: importing the
+    trainers must not pull open_clip, torchvision and torch._dynamo (about 5 s of CPU per process)."""
+    code = ("import sys, trainers, trainers.run_index; "
+            "print(sorted(m for m in ('open_clip', 'torchvision', 'torch._dynamo') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
