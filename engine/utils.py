@@ -109,15 +109,36 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def collect_env_info():
-    from torch.utils.collect_env import get_pretty_env_info
-    import PIL
+def _version(distribution):
+    """The installed version of a distribution (read from its metadata, nothing imported), or "not installed"."""
+    from importlib import metadata
 
     try:
-        info = get_pretty_env_info()
-    except Exception as exc:  # collect_env shells out; never fail a run over it
-        info = f"(torch env info unavailable: {exc})"
-    return info + f"\n        Pillow ({PIL.__version__})"
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def collect_env_info():
+    """The run's software and hardware, for the log's "System info" block: read in this process (torch's
+    ``collect_env`` shells out to pip, nvidia-smi and others, about 2 s at every start)."""
+    import platform
+
+    lines = [
+        f"PyTorch version: {torch.__version__}",
+        f"Is debug build: {torch.version.debug}",
+        f"CUDA used to build PyTorch: {torch.version.cuda or 'None'}",
+        f"OS: {platform.system()} {platform.release()} ({platform.machine()})",
+        f"Python version: {platform.python_version()} ({platform.python_implementation()})",
+        f"CPU threads: {os.cpu_count()} (torch uses {torch.get_num_threads()})",
+        f"Is CUDA available: {torch.cuda.is_available()}",
+    ]
+    if torch.cuda.is_available():
+        lines.append("GPU models: " + ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())))
+        lines.append(f"cuDNN version: {torch.backends.cudnn.version()}")
+    lines.append("Versions of relevant libraries: " + ", ".join(
+        f"{name} {_version(name)}" for name in ("numpy", "torchvision", "open_clip_torch", "pillow", "yacs")))
+    return "\n".join(lines)
 
 
 def mkdir_if_missing(dirname):

@@ -198,3 +198,17 @@ def test_classification_evaluator_prints_coop_lines_and_per_class_results(capsys
     assert results["accuracy"] == 50.0 and results["perclass_accuracy"] == 50.0
     assert "* accuracy: 50.0%" in out and "* error: 50.0%" in out and "* macro_f1: 50.0%" in out
     assert "* class: 0 (cat)\ttotal: 2\tcorrect: 1\tacc: 50.0%" in out and "* average: 50.0%" in out
+
+
+def test_env_info_for_the_log_starts_no_process(monkeypatch):
+    """Every run logs its system info; reading it must not shell out (pip, nvidia-smi: ~2 s per start)."""
+    import subprocess
+
+    from engine.utils import collect_env_info
+
+    def no_process(*args, **kwargs):
+        raise AssertionError(f"collect_env_info started a process: {args}")
+    monkeypatch.setattr(subprocess, "Popen", no_process)
+    info = collect_env_info()
+    assert f"PyTorch version: {torch.__version__}" in info and "Is CUDA available: " in info
+    assert "pillow " in info and "open_clip_torch " in info
