@@ -98,10 +98,36 @@ def test_eval_cache_matches_uncached_and_is_invalidated_by_a_step_and_a_load(bui
     (["TRAINER.MIXPROMPT.BALANCE_WEIGHT", "0.5"], "TRAINER.MIXPROMPT.BALANCE_WEIGHT"),
     (["TRAINER.MIXPROMPT.BALANCE", "none", "TRAINER.MIXPROMPT.SINKHORN_ITERS", "10"], "SINKHORN_ITERS"),
     (["TRAINER.MIXPROMPT.DIVERSITY", "none", "TRAINER.MIXPROMPT.DIVERSITY_WEIGHT", "0.5"], "DIVERSITY_WEIGHT"),
+    (["TRAINER.MIXPROMPT.TRAIN_FEATURES", "views"], "TRAINER.MIXPROMPT.TRAIN_FEATURES"),
+    # cached augmented views would be computed and never used by the clean M-step
+    (["TRAINER.MIXPROMPT.TRAIN_FEATURES", "clean", "TRAINER.MIXPROMPT.FEATURE_CACHE_VIEWS", "2"],
+     "TRAINER.MIXPROMPT.FEATURE_CACHE_VIEWS"),
 ])
 def test_bad_mixprompt_settings_stop_at_startup_naming_the_key(build_trainer_for, opts, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("/", "/")):
         build_trainer_for("MixPrompt", config=MP, opts=opts)
+
+
+@pytest.mark.parametrize("source", ["auto", "clean", "augmented"])
+def test_train_features_clean_ignores_the_batch_images_augmented_uses_them(build_trainer_for, source):
+    """TRAIN_FEATURES clean (and auto without cached views, the default): the loss sees the training images'
+    test-transform features (the E-step's), looked up by the batch's indices, so blanking the batch's pixels
+    changes nothing; augmented encodes the pixels."""
+    trainer = build_trainer_for("MixPrompt", config=MP, opts=["TRAINER.MIXPROMPT.K", "2",
+                                                              "TRAINER.MIXPROMPT.TRAIN_FEATURES", source])
+    assert trainer.train_feature_source() == ("augmented" if source == "augmented" else "clean")
+    batch = _batch(trainer)
+    blank = dict(batch, img=torch.zeros_like(batch["img"]))
+    losses = []
+    for b in (batch, blank):
+        trainer.epoch, trainer.batch_idx = 0, 0
+        trainer.before_epoch()
+        losses.append(trainer.compute_loss(b)[0].item())
+    assert (losses[0] == losses[1]) == (source != "augmented")
+    if source != "augmented":
+        features, labels, _ = trainer.train_features()
+        _, _, target = trainer.compute_loss(batch)
+        assert torch.equal(target, labels[batch["index"]])
 
 
 def test_the_default_init_is_valid_in_both_offset_spaces(build_trainer_for):

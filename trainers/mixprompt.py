@@ -31,6 +31,7 @@ OFFSET_SPACES = ("feature", "token")
 SCOPES = ("class", "shared")
 TEMPLATE_SETS = ("dataset", "ensemble", "hierarchical")
 INITS = ("auto", "random", "random_coordinate", "templates", "kmeans")
+TRAIN_FEATURE_SOURCES = ("auto", "clean", "augmented")
 DIAGNOSTICS_FILE = "diagnostics.jsonl"
 SUMMARY_FILE = "diagnostics_summary.json"
 SUMMARY_MAX_COS_ENTRIES = 2_000_000  # C*K*K above this (e.g. iNaturalist at K 32): no per-class cosines
@@ -202,6 +203,13 @@ def template_offsets(text_encoder, dataset_name, classnames, metadata, base, n_s
     return offsets.mean(0) if scope == "shared" else offsets
 
 
+def resolve_train_features(m):
+    """TRAIN_FEATURES of a TRAINER.MIXPROMPT node resolved: ``auto`` is augmented when FEATURE_CACHE_VIEWS > 0."""
+    if m.TRAIN_FEATURES == "auto":
+        return "augmented" if m.get("FEATURE_CACHE_VIEWS", 0) > 0 else "clean"
+    return m.TRAIN_FEATURES
+
+
 # ----------------------------------------------------------------------------------------- config
 def add_mixprompt_config(cfg):
     """TRAINER.MIXPROMPT with the fixed defaults. How they were chosen, with the measurements, is in
@@ -230,6 +238,11 @@ def add_mixprompt_config(cfg):
     # linear lr warm-up over the first WARMUP_STEPS training steps (lr x step / WARMUP_STEPS, from 0), on top
     # of the per-epoch OPTIM schedule; 0 = off. The earlier system warmed up for 2000 steps.
     m.WARMUP_STEPS = 0
+    # image features of the M-step (the loss): clean = the training images under the test transform, encoded
+    # once (the same features as the E-step and the k-means initialisation); augmented = the training
+    # transform, encoded per batch (or FEATURE_CACHE_VIEWS cached views); auto = augmented when
+    # FEATURE_CACHE_VIEWS > 0 (cached views are a request for them), else clean. docs/mixprompt_recipe.md.
+    m.TRAIN_FEATURES = "auto"
     m.SIM_SCALE = 100.0  # a in s = a * cos, softmax_k(s / tau) and class scores (CLIP's logit scale is 100)
     m.LAMBDA_MIXTURE = 0.5  # loss = LAMBDA * mixture + (1 - LAMBDA) * class
     # ce: -sum_k gamma log p(y, k) with p a softmax over all C*K pairs (pulls toward own, pushes others);
@@ -334,7 +347,8 @@ class MixPrompt(CLIPTrainer):
             offsets = mm.random_coordinate_offsets(shape, m.OFFSET_INIT_SCALE)
         elif init == "kmeans":
             features, labels, _ = self.train_features()
-            offsets = mm.kmeans_offsets(features, labels, len(classnames), m.K, m.SCOPE, m.OFFSET_INIT_SCALE)
+            offsets = mm.kmeans_offsets(features, labels, len(classnames), m.K, m.SCOPE, m.OFFSET_INIT_SCALE,
+                                        torch.Generator().manual_seed(max(self.cfg.SEED, 0)))
         else:
             offsets = template_offsets(model.text_encoder, self.cfg.DATASET.NAME, classnames, metadata,
                                        learner.base_features, m.K, m.SCOPE, m.OFFSET_INIT_SCALE)
@@ -342,7 +356,9 @@ class MixPrompt(CLIPTrainer):
         # the features the sub-prompts start from: the diagnostics measure how far each one moves
         self._initial_features = model.text_features().detach().float().cpu()  # (C, K, D)
         print(f"Initialised {m.K} sub-prompts per class ({m.OFFSET_SPACE} space, {m.SCOPE} scope, init {init}); "
-              f"initial feature cosine {float(mm.pairwise_cosine(self._initial_features).mean()):.4f}")
+              f"initial feature cosine {float(mm.pairwise_cosine(self._initial_features).mean()):.4f}; M-step on "
+              + ("the training images' test-transform features" if self.train_feature_source() == "clean"
+                 else "augmented training views"))
 
     def train_features(self):
         """Image features (N, D) of the training images under the test transform, their labels (N,) and
@@ -356,6 +372,18 @@ class MixPrompt(CLIPTrainer):
                 print("Computing image features of the training images (test transform, once)")
                 self._train_features = compute_image_features(self.model, items, self.cfg, self.device)
         return self._train_features
+
+    def train_feature_source(self):
+        """The M-step's image features, TRAIN_FEATURES resolved: ``clean`` or ``augmented``."""
+        return resolve_train_features(self.cfg.TRAINER.MIXPROMPT)
+
+    def clean_feature_rows(self, indices):
+        """Dataset index -> row of ``train_features()`` (a lookup table, built once)."""
+        if getattr(self, "_clean_rows", None) is None:
+            table = torch.full((int(indices.max()) + 1,), -1, dtype=torch.long)
+            table[indices] = torch.arange(len(indices))
+            self._clean_rows = table
+        return self._clean_rows
 
     # -- schedule ---------------------------------------------------------------------------------
     def tau_at_step(self, epoch, batch_idx):
@@ -400,7 +428,12 @@ class MixPrompt(CLIPTrainer):
     def compute_loss(self, batch):
         m = self.cfg.TRAINER.MIXPROMPT
         self.step_warmup()
-        image_features, label = self.batch_image_features(batch)
+        if self.train_feature_source() == "clean":
+            features, labels, indices = self.train_features()
+            rows = self.clean_feature_rows(indices)[batch["index"]]  # (B,) rows of the batch's images
+            image_features, label = features[rows].to(self.device), labels[rows].to(self.device)
+        else:
+            image_features, label = self.batch_image_features(batch)
         tau = self.tau_at_step(self.epoch, self.batch_idx)
         # target: each image's position among the scored classes (its label unless CLASS_SAMPLE)
         sampled, target, correction = mm.sample_classes(label, self.num_classes, m.CLASS_SAMPLE)
@@ -523,6 +556,7 @@ def validate_mixprompt_cfg(cfg):
     if m.EVAL_POOL:
         choice("EVAL_POOL", mm.POOLS)
     choice("INIT", INITS)
+    choice("TRAIN_FEATURES", TRAIN_FEATURE_SOURCES)
     choice("DIVERSITY", mm.DIVERSITY_TYPES)
     choice("BALANCE", mm.BALANCE_TYPES)
     choice("MIXTURE_LOSS", mm.MIXTURE_LOSSES)
@@ -544,6 +578,10 @@ def validate_mixprompt_cfg(cfg):
                  "ENCODE_CHUNK", "CLASS_SAMPLE", "WARMUP_STEPS"):
         if m[name] < 0:
             raise ConfigError(f"{key}.{name}: must be >= 0, got {m[name]}")
+    if m.TRAIN_FEATURES == "clean" and m.get("FEATURE_CACHE_VIEWS", 0) > 0:
+        raise ConfigError(f"{key}.FEATURE_CACHE_VIEWS ({m.FEATURE_CACHE_VIEWS}) caches augmented training views, but "
+                          f"{key}.TRAIN_FEATURES clean trains on the test-transform features: set "
+                          f"{key}.TRAIN_FEATURES augmented or {key}.FEATURE_CACHE_VIEWS 0")
     if m.SINKHORN_ITERS < 1:
         raise ConfigError(f"{key}.SINKHORN_ITERS: must be >= 1, got {m.SINKHORN_ITERS}")
     if not 0.0 <= m.COLLAPSE_TOP1_SHARE <= 1.0 or not -1.0 <= m.COLLAPSE_FEATURE_COS <= 1.0:
