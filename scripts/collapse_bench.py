@@ -44,6 +44,8 @@ LINEAR_PROBE = "configs/trainers/LinearProbeCLIP/vit_b16.yaml"
 TIP = "configs/trainers/TipAdapter/vit_b16.yaml"
 P = "TRAINER.MIXPROMPT."
 
+# the fixed defaults' recipe before docs/mixprompt_recipe.md's change, as opts on top of MP
+PREV_RECIPE = [P + "TRAIN_FEATURES", "augmented", "OPTIM.NAME", "sgd", "OPTIM.LR", "0.002", "OPTIM.WARMUP_EPOCH", "1"]
 # name -> (trainer, config file, extra opts, description); only MixPrompt settings depend on K. A trainer of
 # FEATURES is no train.py run: the row is computed from the frozen image features (ORACLES use the true modes).
 FEATURES = "features"
@@ -74,6 +76,15 @@ SETTINGS = {
     "orig+init_kmeans": ("MixPrompt", ORIGINAL, [P + "INIT", "kmeans", P + "OFFSET_INIT_SCALE", "0.3"],
                          "original + k-means initialisation"),
     "orig+init_templates": ("MixPrompt", ORIGINAL, [P + "INIT", "templates"], "original + template initialisation"),
+    # the fixed defaults before the recipe change (docs/mixprompt_recipe.md): the M-step on augmented views, SGD
+    # lr 0.002 with one constant warm-up epoch; and that recipe with one change at a time
+    "fixed_prev": ("MixPrompt", MP, PREV_RECIPE, "the fixed defaults before the recipe change"),
+    "fixed_prev+clean": ("MixPrompt", MP, [*PREV_RECIPE, P + "TRAIN_FEATURES", "clean"],
+                         "previous fixed defaults, M-step on the clean (test-transform) features"),
+    "fixed_prev+adam": ("MixPrompt", MP, [*PREV_RECIPE, "OPTIM.NAME", "adam", "OPTIM.LR", "0.01"],
+                        "previous fixed defaults with Adam lr 0.01 (augmented views)"),
+    "fixed+warmup": ("MixPrompt", MP, ["OPTIM.WARMUP_EPOCH", "1"], "fixed with one constant warm-up epoch (lr 1e-5)"),
+    "fixed+sgd": ("MixPrompt", MP, ["OPTIM.NAME", "sgd", "OPTIM.LR", "0.002"], "fixed with SGD lr 0.002"),
     # leave-one-out from the fixed defaults (not run by default: --settings fixed-...)
     "fixed-balance": ("MixPrompt", MP, [P + "BALANCE", "none"], "fixed without the balanced E-step"),
     "fixed-diversity": ("MixPrompt", MP, [P + "DIVERSITY", "none"], "fixed without diversity"),
@@ -99,7 +110,7 @@ SETTINGS = {
            ("tau", [P + "TAU_END", "0.3"], "final tau 0.3"),
            ("balance", [P + "BALANCE", "sinkhorn"], "Sinkhorn-balanced E-step"))},
 }
-DEFAULT_SETTINGS = [name for name in SETTINGS if not name.startswith("fixed-")]
+DEFAULT_SETTINGS = [name for name in SETTINGS if not name.startswith(("fixed-", "fixed+", "fixed_prev+"))]
 METRICS = ("accuracy", "feature_cos", "offset_cos", "eff_k", "top1_share", "dead", "collapsed", "nmi", "purity")
 ACCURACY = re.compile(r"\* accuracy: ([\d.]+)%")
 
@@ -120,6 +131,9 @@ def build_parser():
                    help="world: the tiny CLIP pretrained on the generated world, on SyntheticWorld images; "
                         "random: the tiny seeded random CLIP on SyntheticModes")
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--at-init", action="store_true",
+                   help="evaluate the trained settings at their initialisation instead of training them (train.py "
+                        "--eval-only without a model: the epoch-0 accuracy and diagnostics); use its own --out")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--weights", default="", help="CLIP weights (default: world: weights/world_clip.pt if it exists, "
@@ -153,7 +167,8 @@ def train_argv(args, setting, k, seed, out_dir, weights):
         opts += [P + "K", str(k)]
     return ["--root", os.path.join(args.out, "data"), "--trainer", trainer, "--seed", str(seed),
             "--dataset-config-file", str(REPO_ROOT / DATASET_CONFIG[args.backbone]),
-            "--config-file", str(REPO_ROOT / config), "--output-dir", out_dir, *opts]
+            "--config-file", str(REPO_ROOT / config), "--output-dir", out_dir,
+            *(["--eval-only"] if args.at_init else []), *opts]
 
 
 DATASET_CONFIG = {"world": "configs/datasets/synthetic_world_modes.yaml",

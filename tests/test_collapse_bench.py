@@ -120,5 +120,8 @@ def test_world_backbone_is_the_default_with_the_documented_data(bench, tmp_path)
             opts["INPUT.SIZE"]) == ("6", "4", "32", "16", "(32, 32)")
     argv = bench.train_argv(args, "fixed", 8, 1, str(tmp_path / "run"), "w.pt")
     assert argv[argv.index("--dataset-config-file") + 1].endswith("synthetic_world_modes.yaml")
+    assert "--eval-only" not in argv
+    at_init = bench.build_parser().parse_args(["--out", str(tmp_path), "--at-init"])
+    assert "--eval-only" in bench.train_argv(at_init, "fixed", 8, 1, str(tmp_path / "run"), "w.pt")  # epoch 0
     with pytest.raises(SystemExit):
         bench.main(["--separation", "0.5", "--out", str(tmp_path)])  # random backbone only
