@@ -208,7 +208,8 @@ class Workspace:
         self.args = args
         self.folder = Path(folder)
         self.device = torch.device(args.device)
-        self.backbone = self.resolve_backbone(args.backbone)
+        # sections 1-4's backbone, written only when one of them runs (section 5 has --real-backbone)
+        self.backbone = self.resolve_backbone(args.backbone) if set(args.sections) - {"real"} else args.backbone
         self.roots = {}
         self.log = open(self.folder / "trainers.log", "a")
 
@@ -647,7 +648,8 @@ def ratios(results):
 def render(results):
     lines = []
     args = results["args"]
-    lines.append(f"device {args['device']} ({results['device_name']}), backbone {results['backbone']}, "
+    backbone = results["backbone"] if set(args["sections"]) - {"real"} else args["real_backbone"]
+    lines.append(f"device {args['device']} ({results['device_name']}), backbone {backbone}, "
                  f"torch {torch.__version__}, {torch.get_num_threads()} threads, precision {args['prec']}; "
                  f"{results['load_start']} at the start, {results['load_end']} at the end")
     text = results.get("text")
