@@ -109,9 +109,42 @@ def world_clip(tmp_path_factory):
 ACCURACY = re.compile(r"\* accuracy: ([\d.]+)%")
 
 
+_WARM_PYTHON = {}
+
+
+def warm_python():
+    """The interpreter the tests hand to this repository's scripts: ``tests/warm_python.py``'s client, which
+    runs them in a fork of a server that has imported torch and the trainers already (started on first use,
+    one per test process); the real interpreter where that server cannot start."""
+    if "client" in _WARM_PYTHON:
+        return _WARM_PYTHON["client"]
+    import atexit
+    import shutil
+    import tempfile
+
+    import warm_python as warm
+
+    folder = Path(tempfile.mkdtemp(prefix="warm_python_"))
+    env = dict(os.environ, MIXPROMPT_ENGINE="builtin", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    server = subprocess.Popen([sys.executable, warm.__file__, "--serve", str(folder / "socket"), str(REPO_ROOT)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    atexit.register(lambda: (shutil.rmtree(folder, ignore_errors=True), server.kill()))
+    if server.stdout.readline().strip() != "ready":
+        _WARM_PYTHON["client"] = sys.executable
+        return sys.executable
+    client = folder / "python"
+    client.write_text(f"#!{sys.executable} -S\nimport sys\nsys.path.insert(0, {str(Path(warm.__file__).parent)!r})\n"
+                      "from warm_python import client\nclient(sys.argv[1:])\n")
+    client.chmod(0o755)
+    os.environ.update({warm.SOCKET_ENV: str(folder / "socket"), warm.REAL_ENV: sys.executable,
+                       warm.ROOT_ENV: str(REPO_ROOT)})
+    _WARM_PYTHON["client"] = str(client)
+    return str(client)
+
+
 def run_train(args, timeout=300, check=True):
     env = dict(os.environ, MIXPROMPT_ENGINE="builtin", HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "train.py", *args], cwd=REPO_ROOT, env=env, capture_output=True,
+    proc = subprocess.run([warm_python(), "train.py", *args], cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -125,7 +158,7 @@ def final_accuracy(text):
 
 def bash(script_args, opts=(), timeout=300, **env):
     full_env = dict(os.environ, MIXPROMPT_ENGINE="builtin", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
-                    PYTHON=sys.executable, **env)
+                    PYTHON=warm_python(), **env)
     return subprocess.run(["bash", *script_args, *opts], cwd=REPO_ROOT, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
 

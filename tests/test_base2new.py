@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, warm_python
 
 # trainer: (script folder, run folder under <trainer>/)
 METHODS = {
@@ -46,7 +46,7 @@ def read(path):
 def b2n(tmp_path_factory, tiny_clip, cars_root):
     """Every method trained on base and tested on new, seed 1, through the scripts (tiny sizes)."""
     out = str(tmp_path_factory.mktemp("b2n") / "output")
-    env = dict(os.environ, DATA=cars_root, OUTPUT=out, SHOTS="4", K="2", PYTHON=sys.executable,
+    env = dict(os.environ, DATA=cars_root, OUTPUT=out, SHOTS="4", K="2", PYTHON=warm_python(),
                MIXPROMPT_ENGINE="builtin", HF_HUB_OFFLINE="1")
     opts = ["MODEL.BACKBONE.NAME", tiny_clip, "OPTIM.MAX_EPOCH", "2", "DATALOADER.NUM_WORKERS", "0",
             "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "DATALOADER.TEST.BATCH_SIZE", "16", "TRAIN.PRINT_FREQ", "100"]
@@ -128,7 +128,7 @@ def results_rows(stdout):
 
 
 def run_results(root):
-    proc = subprocess.run([sys.executable, "scripts/base2new_results.py", root], cwd=REPO_ROOT, capture_output=True,
+    proc = subprocess.run([warm_python(), "scripts/base2new_results.py", root], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout

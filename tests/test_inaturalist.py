@@ -5,7 +5,6 @@ import os
 import random
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ import datasets.inaturalist as inat
 import engine
 from datasets.common import _CacheUnpickler
 import trainers
-from conftest import ACCURACY, REPO_ROOT, train_args
+from conftest import ACCURACY, REPO_ROOT, train_args, warm_python
 from datasets.inaturalist import INaturalist, add_inaturalist_config, parse_annotation_file
 from engine.errors import ConfigError, DataError, UserError
 
@@ -596,7 +595,7 @@ def test_fake_dataset_cli(tmp_path, fake_data_module, capsys):
 # --------------------------------------------------------------------------------------------------------
 def run_inat_train(args):
     env = dict(os.environ, MIXPROMPT_ENGINE="builtin", HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "train.py", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([warm_python(), "train.py", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"train.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 

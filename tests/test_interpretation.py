@@ -7,19 +7,18 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import REPO_ROOT, _load_script
+from conftest import REPO_ROOT, _load_script, warm_python
 
 SYNTHETIC = ["DATASET.SYNTHETIC.NUM_CLASSES", "3", "DATASET.SYNTHETIC.NUM_MODES", "2",
              "DATASET.SYNTHETIC.IMAGES_PER_MODE", "4", "DATASET.SYNTHETIC.TEST_PER_MODE", "1"]
 
 
 def run_script(name, *args):
-    return subprocess.run([sys.executable, f"scripts/{name}", *map(str, args)], cwd=REPO_ROOT, capture_output=True,
+    return subprocess.run([warm_python(), f"scripts/{name}", *map(str, args)], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=300, env=script_env())
 
 
@@ -62,7 +61,7 @@ def train(out, data, weights, epochs, opts=()):
             "MODEL.BACKBONE.NAME", weights, "OPTIM.MAX_EPOCH", str(epochs), "DATALOADER.NUM_WORKERS", "0",
             "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "TRAIN.PRINT_FREQ", "100", "TRAINER.MIXPROMPT.K", "2",
             *SYNTHETIC, *opts]
-    ok(subprocess.run([sys.executable, *map(str, argv)], cwd=REPO_ROOT, capture_output=True, text=True,
+    ok(subprocess.run([warm_python(), *map(str, argv)], cwd=REPO_ROOT, capture_output=True, text=True,
                       timeout=300, env=script_env()))
     return out
 
@@ -73,7 +72,8 @@ def runs(tmp_path_factory, tiny_clip):
     data = base / "data"
     feature = train(base / "feature", data, tiny_clip, epochs=3)  # the fixed defaults: feature space
     token = train(base / "token", data, tiny_clip, epochs=1,
-                  opts=["TRAINER.MIXPROMPT.OFFSET_SPACE", "token", "TRAINER.MIXPROMPT.INIT", "random"])
+                  opts=["TRAINER.MIXPROMPT.OFFSET_SPACE", "token", "TRAINER.MIXPROMPT.INIT", "random",
+                        "OPTIM.NAME", "sgd", "OPTIM.LR", "0.002", "OPTIM.WARMUP_EPOCH", "1"])  # CoOp's recipe
     return {"base": base, "data": data, "feature": feature, "token": token}
 
 
@@ -187,7 +187,7 @@ def test_interpret_reads_mixprompt_token_context_and_subprompts(runs, capsys):
     proc = ok(run_script("interpret_prompt.py", runs["token"], "--json", "--topk", "3", "--class-index", "1", "2"))
     result = json.loads(proc.stdout)
     ctx, *subprompts = result["prompts"]
-    # CTX_INIT "a photo of a", one epoch at lr 0.002: still next to its words
+    # CTX_INIT "a photo of a", one epoch of CoOp's constant warm-up (lr 1e-5): still next to its words
     assert ctx["reads_as"] == "a photo of a" and [p["position"] for p in ctx["positions"]] == [1, 2, 3, 4]
     assert ctx["positions"][1]["nearest"][0]["token"] == "photo</w>"
     assert all(len(p["nearest"]) == 3 for p in ctx["positions"])

@@ -4,13 +4,12 @@ import json
 import os
 import re
 import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
 
-from conftest import REPO_ROOT, bash, final_accuracy, run_train, skip_line, train_args
+from conftest import REPO_ROOT, bash, final_accuracy, run_train, skip_line, train_args, warm_python
 
 from trainers.linear_probe import evaluate_head, fit_logistic, search_c, stratified_folds
 
@@ -123,13 +122,13 @@ def test_script_runs_skips_and_the_table_lists_the_probe(cars_root, tiny_clip, t
     zs = bash(["scripts/zsclip/zeroshot.sh", "stanford_cars"], ["MODEL.BACKBONE.NAME", tiny_clip,
                                                                  "DATALOADER.NUM_WORKERS", "0"], **env)
     assert zs.returncode == 0, zs.stderr[-3000:]
-    table = subprocess.run([sys.executable, "scripts/parse_results.py", str(out), "--format", "json"],
+    table = subprocess.run([warm_python(), "scripts/parse_results.py", str(out), "--format", "json"],
                            cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
     groups = {g["method"]: g for g in json.loads(table)}
     assert set(groups) == {"ZeroshotCLIP", "LinearProbeCLIP"}
     probe = groups["LinearProbeCLIP"]
     assert (probe["dataset"], probe["shots"], probe["config"], probe["seeds"]) == ("StanfordCars", 4, "vit_b16", [1, 2])
     assert probe["mean"] == pytest.approx(sum(final_accuracy((r / "log.txt").read_text()) for r in runs) / 2)
-    text = subprocess.run([sys.executable, "scripts/parse_results.py", str(out)], cwd=REPO_ROOT,
+    text = subprocess.run([warm_python(), "scripts/parse_results.py", str(out)], cwd=REPO_ROOT,
                           capture_output=True, text=True, check=True).stdout
     assert "LinearProbeCLIP" in text and "ZeroshotCLIP" in text

@@ -8,13 +8,12 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, warm_python
 from trainers.runs import result_settings, write_record
 
 ACCURACY = re.compile(r"\* accuracy: ([\d.]+)%")
@@ -25,11 +24,11 @@ DEMO_SIZE = {"DEMO_CLASSES": "3", "DEMO_MODES": "2", "DEMO_TRAIN_PER_CLASS": "6"
 
 def script_env(**extra):
     return dict(os.environ, MIXPROMPT_ENGINE="builtin", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
-                PYTHON=sys.executable, **extra)
+                PYTHON=warm_python(), **extra)
 
 
 def run_tool(name, *args, check=True):
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / name), *map(str, args)], cwd=REPO_ROOT,
+    proc = subprocess.run([warm_python(), str(REPO_ROOT / "scripts" / name), *map(str, args)], cwd=REPO_ROOT,
                           env=script_env(), capture_output=True, text=True, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

@@ -15,7 +15,7 @@ import time
 import pytest
 import yaml
 
-from conftest import REPO_ROOT, _load_script
+from conftest import REPO_ROOT, _load_script, warm_python
 
 ACCURACY = re.compile(r"\* accuracy: ([\d.]+)%")
 TINY = ["OPTIM.MAX_EPOCH", "1", "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
@@ -43,7 +43,7 @@ def environment(**env):
 
 
 def sweep(*args, timeout=300, **env):
-    return subprocess.run([sys.executable, "scripts/sweep.py", *args], cwd=REPO_ROOT, env=environment(**env),
+    return subprocess.run([warm_python(), "scripts/sweep.py", *args], cwd=REPO_ROOT, env=environment(**env),
                           capture_output=True, text=True, timeout=timeout)
 
 

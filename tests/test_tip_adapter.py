@@ -1,13 +1,12 @@
 """Tip-Adapter and Tip-Adapter-F: the published logits, what is learnt, and the run through every tool."""
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO_ROOT, bash, final_accuracy, skip_line
+from conftest import REPO_ROOT, bash, final_accuracy, skip_line, warm_python
 
 CONFIG = "configs/trainers/TipAdapter/vit_b16.yaml"
 
@@ -97,7 +96,7 @@ def test_script_sweep_and_parse_results_run_both_variants(cars_root, tiny_clip, 
     assert again.returncode == 0 and skip_line(runs["tip_f"]) in again.stdout
     refused = bash(["scripts/tip_adapter/main.sh", "stanford_cars"], ["TRAINER.TIPADAPTER.FINETUNE", "True"], **env)
     assert refused.returncode == 2 and "FINETUNE=" in refused.stderr
-    table = subprocess.run([sys.executable, "scripts/parse_results.py", str(out), "--format", "json"],
+    table = subprocess.run([warm_python(), "scripts/parse_results.py", str(out), "--format", "json"],
                            cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
     groups = [g for g in json.loads(table) if g["method"] == "TipAdapter"]
     assert len(groups) == 2 and {g["shots"] for g in groups} == {4}
