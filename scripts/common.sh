@@ -48,7 +48,7 @@ check_fewshot_settings() {
 
 # finished DIR: the run in DIR is finished (trainers/runs.py, the one home of that rule: its result.json
 # exists; for a folder written by CoOp itself, its log shows the final "* accuracy: X%")
-finished() { (cd "$REPO" && "$PYTHON" -m trainers.runs "$1"); }
+finished() { "$PYTHON" "$REPO/scripts/is_finished.py" "$1"; }
 
 # run_sweep TRAINER SWEEP_FLAGS... -- USER_OPTS...
 # The script's runs through scripts/sweep.py (the one home of the run layout): $DATASET, $DATA, $OUTPUT,

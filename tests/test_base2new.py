@@ -151,9 +151,9 @@ def test_results_tool_reports_the_logged_accuracies(b2n):
 
 def echo_python(folder):
     """An interpreter that prints the train.py command it is given instead of running it (the scripts' own
-    tools, ``python -m ...``, still run)."""
+    tools, such as scripts/is_finished.py, still run)."""
     path = folder / "echo_python"
-    path.write_text(f"#!{sys.executable}\nimport os, sys\nif sys.argv[1:2] == ['-m']:\n"
+    path.write_text(f"#!{sys.executable}\nimport os, sys\nif not sys.argv[1].endswith('train.py'):\n"
                     "    os.execv(sys.executable, [sys.executable, *sys.argv[1:]])\nprint(' '.join(sys.argv[1:]))\n")
     path.chmod(0o755)
     return str(path)

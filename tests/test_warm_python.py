@@ -15,7 +15,7 @@ def run(python, *argv, cwd=REPO_ROOT, **env):
 def test_a_script_and_a_module_give_the_real_interpreters_output_and_status(tmp_path):
     warm = warm_python()
     assert warm != sys.executable, "the warm server did not start"
-    for argv in (["train.py", "--help"], ["train.py", "--no-such-flag"], ["-m", "trainers.runs", str(tmp_path)]):
+    for argv in (["train.py", "--help"], ["train.py", "--no-such-flag"], ["-m", "json.tool", str(tmp_path / "missing.json")]):
         cold, hot = run(sys.executable, *argv), run(warm, *argv)
         assert (hot.returncode, hot.stdout) == (cold.returncode, cold.stdout), argv
         assert hot.stderr.splitlines()[-1:] == cold.stderr.splitlines()[-1:], argv

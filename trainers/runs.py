@@ -249,9 +249,3 @@ def run_status(run_folder, expected=None):
 
 def is_finished(run_folder, expected=None):
     return run_status(run_folder, expected) == "finished"
-
-
-if __name__ == "__main__":  # python -m trainers.runs RUN_DIR: exit status 0 when the run is finished (run scripts)
-    import sys
-
-    sys.exit(0 if len(sys.argv) == 2 and is_finished(sys.argv[1]) else 1)
