@@ -213,7 +213,8 @@ def resolve_train_features(m):
 # ----------------------------------------------------------------------------------------- config
 def add_mixprompt_config(cfg):
     """TRAINER.MIXPROMPT with the fixed defaults. How they were chosen, with the measurements, is in
-    docs/collapse_benchmark.md. ``configs/trainers/MixPrompt/seed.yaml`` is the earlier system's objective and
+    docs/collapse_benchmark.md and (TRAIN_FEATURES and the optimiser of the fixed configs)
+    docs/mixprompt_recipe.md. ``configs/trainers/MixPrompt/seed.yaml`` is the earlier system's objective and
     recipe term by term (docs/seed_analysis.md); ``original.yaml`` is a hybrid of its tau, L2 weight and
     lambda with this code's objective, not a reproduction."""
     m = cfg.TRAINER.MIXPROMPT = CN()
