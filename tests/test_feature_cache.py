@@ -120,7 +120,8 @@ def test_train_py_with_cached_training_views(tiny_clip, cars_root, tmp_path):
 def test_non_finite_loss_stops_naming_step_terms_and_causes(tiny_clip, cars_root, tmp_path):
     out = str(tmp_path / "run")
     result = _train(train_args("MixPrompt", cars_root, out, tiny_clip, config=MP, opts=[
-        "TRAINER.MIXPROMPT.SIM_SCALE", "1e38", "TRAINER.MIXPROMPT.INIT", "random"]))
+        "TRAINER.MIXPROMPT.SIM_SCALE", "1e38", "TRAINER.MIXPROMPT.INIT", "random",
+        "OPTIM.NAME", "sgd", "OPTIM.LR", "0.002"]))  # SGD's step grows with the gradient (Adam's would not)
     assert result.returncode == 2
     error = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
     assert len(error) == 1 and "Traceback" not in result.stderr
