@@ -127,3 +127,16 @@ def test_non_finite_loss_stops_naming_step_terms_and_causes(tiny_clip, cars_root
     assert len(error) == 1 and "Traceback" not in result.stderr
     assert "at epoch 1, batch" in error[0] and "loss_cls" in error[0] and "SIM_SCALE" in error[0]
     assert "OPTIM.LR" in error[0]
+
+
+def test_encoding_features_leaves_the_global_rng_alone(build_trainer_for):
+    """A run's batch order must not depend on whether its features were encoded or read from a cache: the
+    encoding draws nothing from the global RNG (it did: the DataLoader's worker seed, even unshuffled)."""
+    from trainers.features import compute_image_features
+
+    trainer = build_trainer_for("CoOp")
+    torch.manual_seed(123)
+    compute_image_features(trainer.model, trainer.dm.dataset.test, trainer.cfg, trainer.device)
+    after_encoding = torch.rand(3)
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(3), after_encoding)

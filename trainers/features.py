@@ -27,8 +27,10 @@ def compute_image_features(model, items, cfg, device, is_train=False, desc="imag
     ``is_train``: the training transform (random augmentation from the global RNG) instead of the test one.
     """
     transform = build_transform(cfg, is_train=is_train, verbose=False)  # already described in the log
+    # its own generator: a DataLoader draws its workers' base seed even unshuffled, and a draw from the global
+    # RNG here would make a run's batch order depend on whether these features came from a cache
     loader = DataLoader(_Images(items, transform), batch_size=cfg.DATALOADER.TEST.BATCH_SIZE, shuffle=False,
-                        num_workers=cfg.DATALOADER.NUM_WORKERS)
+                        num_workers=cfg.DATALOADER.NUM_WORKERS, generator=torch.Generator())
     feats, labels, indices = [], [], []
     for images, label, index in tqdm(loader, desc=desc):
         feats.append(model.encode_image(images.to(device)).float().cpu())
