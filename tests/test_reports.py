@@ -378,3 +378,20 @@ def test_parse_results_says_when_fewer_shots_were_used_than_asked(tmp_path):
     assert group["shots"] == 100 and group["n"] == 2 and group["mean"] == pytest.approx(41.5)
     assert group["complete"] and group["shots_note"] == "used 6 training images per class, not 100"
     assert "used 6 training images per class, not 100" in run_tool("parse_results.py", out).stdout
+
+
+def test_feature_cache_settings_do_not_split_an_experiment():
+    """The caches hold the encoder's own features: runs that differ only in FEATURE_CACHE_EVAL, its memory
+    bound or its folder are seeds of one experiment; FEATURE_CACHE_VIEWS (augmented views) is not."""
+    from trainers.cli import build_parser, setup_cfg
+    from trainers.runs import result_settings
+
+    def settings(*opts):
+        config = str(REPO_ROOT / "configs/trainers/CoOp/vit_b16_ep50.yaml")
+        args = build_parser().parse_args(["--trainer", "CoOp", "--config-file", config, *opts])
+        return result_settings(setup_cfg(args))
+
+    plain = settings()
+    assert settings("TRAINER.COOP.FEATURE_CACHE_EVAL", "False", "TRAINER.COOP.FEATURE_CACHE_EVAL_MAX_MB", "64",
+                    "TRAINER.COOP.FEATURE_CACHE_DIR", "/tmp/cache") == plain
+    assert settings("TRAINER.COOP.FEATURE_CACHE_VIEWS", "4") != plain

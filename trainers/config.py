@@ -20,6 +20,11 @@ def extend_cfg(cfg):
     return cfg
 
 
+# Feature-cache keys that never change a result (the cached features are the encoder's, bit for bit): runs
+# that differ only in them are the same experiment (trainers/runs.py).
+FEATURE_CACHE_NEUTRAL_KEYS = ("FEATURE_CACHE_EVAL", "FEATURE_CACHE_EVAL_MAX_MB", "FEATURE_CACHE_DIR")
+
+
 def add_feature_cache_config(node):
     """Image-feature cache keys of a trainer whose image encoder is frozen (trainers/feature_cache.py,
     docs/performance.md)."""

@@ -98,10 +98,13 @@ def flatten(config, prefix=""):
 
 def neutral_keys():
     keys = set(RESULT_NEUTRAL_KEYS)
+    from .config import FEATURE_CACHE_NEUTRAL_KEYS
     from .registry import all_trainers
 
     for trainer in all_trainers():
         keys.update(trainer.result_neutral_keys)
+        if trainer.cfg_node:
+            keys.update(f"TRAINER.{trainer.cfg_node}.{name}" for name in FEATURE_CACHE_NEUTRAL_KEYS)
     return keys
 
 
