@@ -102,7 +102,8 @@ def _warm_request(argv):
 # ------------------------------------------------------------------------------------------------ server
 
 def serve(path, root):
-    """Import the libraries, then fork one child per request until the socket's folder is gone."""
+    """Import the libraries, then fork one child per request until the socket's folder or the test process
+    that started the server is gone."""
     original_path = list(sys.path)
     sys.path.insert(0, root)
     for name in PRELOAD:
@@ -111,6 +112,7 @@ def serve(path, root):
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(16)
+    parent = os.getppid()  # the test process: when it is gone (even killed), so is the server
     print("ready", flush=True)
     running = {}  # connection -> child pid
     while True:
@@ -137,7 +139,7 @@ def serve(path, root):
                     pass
                 conn.close()
                 del running[conn]
-        if not os.path.exists(path):
+        if not os.path.exists(path) or os.getppid() != parent:
             break
 
 
