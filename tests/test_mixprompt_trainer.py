@@ -109,25 +109,37 @@ def test_bad_mixprompt_settings_stop_at_startup_naming_the_key(build_trainer_for
 
 
 @pytest.mark.parametrize("source", ["auto", "clean", "augmented"])
-def test_train_features_clean_ignores_the_batch_images_augmented_uses_them(build_trainer_for, source):
-    """TRAIN_FEATURES clean (and auto without cached views, the default): the loss sees the training images'
-    test-transform features (the E-step's), looked up by the batch's indices, so blanking the batch's pixels
-    changes nothing; augmented encodes the pixels."""
+def test_train_features_clean_trains_on_batches_of_clean_features_augmented_on_images(build_trainer_for, source):
+    """TRAIN_FEATURES clean (and auto without cached views, the default): training batches are the training
+    images' test-transform features (the E-step's), in the image loader's batches, and no image is loaded;
+    augmented encodes the batch's pixels."""
     trainer = build_trainer_for("MixPrompt", config=MP, opts=["TRAINER.MIXPROMPT.K", "2",
                                                               "TRAINER.MIXPROMPT.TRAIN_FEATURES", source])
     assert trainer.train_feature_source() == ("augmented" if source == "augmented" else "clean")
-    batch = _batch(trainer)
-    blank = dict(batch, img=torch.zeros_like(batch["img"]))
-    losses = []
-    for b in (batch, blank):
+    image_loader = trainer.train_loader_x
+    torch.manual_seed(7)
+    image_batches = [batch["index"].tolist() for batch in image_loader]
+    trainer.before_train()
+    if source == "augmented":
+        assert trainer.train_loader_x is image_loader
+        batch = _batch(trainer)
+        blank = dict(batch, img=torch.zeros_like(batch["img"]))
         trainer.epoch, trainer.batch_idx = 0, 0
         trainer.before_epoch()
-        losses.append(trainer.compute_loss(b)[0].item())
-    assert (losses[0] == losses[1]) == (source != "augmented")
-    if source != "augmented":
-        features, labels, _ = trainer.train_features()
-        _, _, target = trainer.compute_loss(batch)
-        assert torch.equal(target, labels[batch["index"]])
+        assert trainer.compute_loss(batch)[0].item() != trainer.compute_loss(blank)[0].item()
+        return
+    torch.manual_seed(7)
+    batches = list(trainer.train_loader_x)
+    assert [batch["index"].tolist() for batch in batches] == image_batches  # the same batches, the same order
+    features, labels, _ = trainer.train_features()
+    for batch in batches:
+        assert "img" not in batch
+        assert torch.equal(batch["features"], features[batch["index"]])
+        assert torch.equal(batch["label"], labels[batch["index"]])
+    trainer.epoch, trainer.batch_idx = 0, 0
+    trainer.before_epoch()
+    _, _, target = trainer.compute_loss(batches[0])
+    assert torch.equal(target, labels[batches[0]["index"]])
 
 
 def test_the_default_init_is_valid_in_both_offset_spaces(build_trainer_for):

@@ -20,6 +20,7 @@ from .base import CLIPTrainer
 from .clip import tokenize
 from .clip_heads import CLIPClassifier
 from .config import CLASS_TOKEN_POSITIONS, add_feature_cache_config
+from .feature_cache import CachedFeatureLoader
 from .features import compute_image_features
 from .mixprompt_diagnostics import (DEFAULT_COLLAPSE_FEATURE_COS, DEFAULT_COLLAPSE_TOP1_SHARE, collapse_diagnostics,
                                     format_diagnostics)
@@ -378,14 +379,6 @@ class MixPrompt(CLIPTrainer):
         """The M-step's image features, TRAIN_FEATURES resolved: ``clean`` or ``augmented``."""
         return resolve_train_features(self.cfg.TRAINER.MIXPROMPT)
 
-    def clean_feature_rows(self, indices):
-        """Dataset index -> row of ``train_features()`` (a lookup table, built once)."""
-        if getattr(self, "_clean_rows", None) is None:
-            table = torch.full((int(indices.max()) + 1,), -1, dtype=torch.long)
-            table[indices] = torch.arange(len(indices))
-            self._clean_rows = table
-        return self._clean_rows
-
     # -- schedule ---------------------------------------------------------------------------------
     def tau_at_step(self, epoch, batch_idx):
         """Tau at iteration ``batch_idx`` of ``epoch`` (annealed by iteration over the whole run)."""
@@ -429,12 +422,7 @@ class MixPrompt(CLIPTrainer):
     def compute_loss(self, batch):
         m = self.cfg.TRAINER.MIXPROMPT
         self.step_warmup()
-        if self.train_feature_source() == "clean":
-            features, labels, indices = self.train_features()
-            rows = self.clean_feature_rows(indices)[batch["index"]]  # (B,) rows of the batch's images
-            image_features, label = features[rows].to(self.device), labels[rows].to(self.device)
-        else:
-            image_features, label = self.batch_image_features(batch)
+        image_features, label = self.batch_image_features(batch)  # clean features, cached views or images
         tau = self.tau_at_step(self.epoch, self.batch_idx)
         # target: each image's position among the scored classes (its label unless CLASS_SAMPLE)
         sampled, target, correction = mm.sample_classes(label, self.num_classes, m.CLASS_SAMPLE)
@@ -493,6 +481,11 @@ class MixPrompt(CLIPTrainer):
 
     def before_train(self):
         super().before_train()
+        if self.train_feature_source() == "clean":
+            # the M-step reads the training images' clean features: batches of them, in the image loader's
+            # order, without loading or augmenting images it would not use
+            features, labels, _ = self.train_features()  # (N, D), (N,); row i = train_x[i]
+            self.train_loader_x = CachedFeatureLoader(features[:, None], labels, self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE)
         path = os.path.join(self.output_dir, DIAGNOSTICS_FILE)
         if is_main_process() and os.path.exists(path):  # a resumed run keeps only the epochs it has not redone
             with open(path) as f:
