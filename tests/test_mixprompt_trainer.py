@@ -116,10 +116,9 @@ def test_train_features_clean_trains_on_batches_of_clean_features_augmented_on_i
     trainer = build_trainer_for("MixPrompt", config=MP, opts=["TRAINER.MIXPROMPT.K", "2",
                                                               "TRAINER.MIXPROMPT.TRAIN_FEATURES", source])
     assert trainer.train_feature_source() == ("augmented" if source == "augmented" else "clean")
-    image_loader = trainer.train_loader_x
+    image_loader = trainer.dm.train_loader_x  # the data manager's loader of training images
     torch.manual_seed(7)
     image_batches = [batch["index"].tolist() for batch in image_loader]
-    trainer.before_train()
     if source == "augmented":
         assert trainer.train_loader_x is image_loader
         batch = _batch(trainer)

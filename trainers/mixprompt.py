@@ -337,6 +337,15 @@ class MixPrompt(CLIPTrainer):
         self.init_offsets(model, classnames, metadata)
         return model
 
+    def build_model(self):
+        super().build_model()
+        if self.train_feature_source() == "clean":
+            # the M-step reads the training images' clean features: batches of them, in the image loader's
+            # order, without loading or augmenting images it would not use (as the base class swaps in the
+            # loader of cached views)
+            features, labels, _ = self.train_features()  # (N, D), (N,); row i = train_x[i]
+            self.train_loader_x = CachedFeatureLoader(features[:, None], labels, self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE)
+
     @torch.no_grad()
     def init_offsets(self, model, classnames, metadata):
         m = self.cfg.TRAINER.MIXPROMPT
@@ -481,11 +490,6 @@ class MixPrompt(CLIPTrainer):
 
     def before_train(self):
         super().before_train()
-        if self.train_feature_source() == "clean":
-            # the M-step reads the training images' clean features: batches of them, in the image loader's
-            # order, without loading or augmenting images it would not use
-            features, labels, _ = self.train_features()  # (N, D), (N,); row i = train_x[i]
-            self.train_loader_x = CachedFeatureLoader(features[:, None], labels, self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE)
         path = os.path.join(self.output_dir, DIAGNOSTICS_FILE)
         if is_main_process() and os.path.exists(path):  # a resumed run keeps only the epochs it has not redone
             with open(path) as f:
