@@ -79,14 +79,23 @@ class ImageFeatureCache:
         self._memory = {}
         self._eval_bytes = 0  # test-transform features kept so far
         self._refused = set()  # keys already reported as over the bound
+        # id(split list) -> (the list, its key): every image path hashed once per split (a run never edits them)
+        self._eval_keys = {}
 
     @property
     def caches_eval(self):
         return self.eval_max_bytes > 0
 
+    def _eval_key(self, items):
+        """The cache key of ``items``' test-transform features (computed once per split list)."""
+        entry = self._eval_keys.get(id(items))
+        if entry is None or entry[0] is not items:
+            entry = self._eval_keys[id(items)] = (items, cache_key(self.cfg, self.precision, items, "eval"))
+        return entry[1]
+
     def eval_fits(self, items):
         """Whether the test-transform features of ``items`` are (or may be) kept in memory."""
-        key = cache_key(self.cfg, self.precision, items, "eval")
+        key = self._eval_key(items)
         if key in self._memory:
             return True
         if not self.caches_eval:
@@ -123,7 +132,7 @@ class ImageFeatureCache:
             features, labels, _ = compute_image_features(model, items, self.cfg, self.device)
             return features, labels
 
-        key = cache_key(self.cfg, self.precision, items, "eval")
+        key = self._eval_key(items)
         new = key not in self._memory and self.eval_fits(items)
         value = self._get(key, encode, f"{len(items)} {what} images (test transform)", keep=new)
         if new:
