@@ -38,6 +38,9 @@ def test_bench_runs_every_section_and_reports_ratios(tmp_path):
     assert real["rows"] == ["CoOp", "CoOp (reference way)", "MixPrompt feature"] and len(real["rounds"]) == 2
     for row in real["rounds"][0].values():
         assert row["startup"] > 0 and row["step"] > 0 and row["epoch"] > 0 and row["test"] > 0 and row["peak_bytes"] > 0
+        # the run figure adds up the epochs that ran (default 2), not one epoch counted twice
+        assert len(row["epochs"]) == 2
+        assert abs(row["run"] - (row["startup"] + sum(row["epochs"]) + row["test"])) < 1e-9
     ratio = results["ratios"]["real_coop_test_vs_reference"]
     assert ratio["n"] == 2 and ratio["min"] <= ratio["median"] <= ratio["max"]
     assert "5. Real size" in result.stdout and "real_mixprompt_feature_run_vs_coop_run" in result.stdout

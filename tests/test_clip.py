@@ -607,3 +607,23 @@ def test_fast_quick_gelu_is_bit_identical_and_keeps_gradients(tiny_models):
     expected = x.clone().requires_grad_(True)
     OpenCLIPQuickGELU()(expected).sum().backward()
     assert torch.equal(leaf.grad, expected.grad)
+
+
+def test_reference_quick_gelu_restores_openais_module_with_the_same_outputs(tiny_models):
+    """The benchmark's reference-way emulation swaps OpenAI's out-of-place activation back in; the model's
+    outputs do not change (same bits), only the memory traffic."""
+    import copy
+
+    from open_clip.transformer import QuickGELU as OpenCLIPQuickGELU
+
+    from trainers.clip.activations import QuickGELU, use_reference_quick_gelu
+
+    fast = tiny_models["vit"].model
+    reference = copy.deepcopy(fast)
+    count = sum(type(m) is QuickGELU for m in fast.modules())
+    assert use_reference_quick_gelu(reference) == count > 0
+    assert all(type(m) is not QuickGELU for m in reference.modules())
+    assert sum(type(m) is OpenCLIPQuickGELU for m in reference.modules()) == count
+    images = torch.randn(2, 3, fast.visual.image_size[0], fast.visual.image_size[1])
+    with torch.no_grad():
+        assert torch.equal(reference.encode_image(images), fast.encode_image(images))

@@ -35,3 +35,15 @@ def use_fast_quick_gelu(model: nn.Module) -> int:
                 setattr(parent, name, QuickGELU())
                 replaced += 1
     return replaced
+
+
+def use_reference_quick_gelu(model: nn.Module) -> int:
+    """Undo :func:`use_fast_quick_gelu`: open_clip's (OpenAI's) out-of-place QuickGELU everywhere in ``model``,
+    as the reference code computes it (benchmarks that emulate it); returns how many were replaced."""
+    replaced = 0
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if type(child) is QuickGELU:
+                setattr(parent, name, OpenCLIPQuickGELU())
+                replaced += 1
+    return replaced
