@@ -281,16 +281,10 @@ def kmeans_mode_recovery(train_x, train_y, train_mode, n_modes, seed, restarts=1
     nmis, purities = [], []
     for c in sorted(set(train_y.tolist())):
         points, truth = train_x[train_y == c], train_mode[train_y == c].tolist()
-        k = min(n_modes, len(points))
-        best = None
-        for _ in range(restarts):
-            centroids = kmeans(points, k, generator=generator)
-            dist = torch.cdist(points, centroids)
-            inertia = dist.min(dim=1).values.pow(2).sum().item()
-            if best is None or inertia < best[0]:
-                best = (inertia, dist.argmin(dim=1).tolist())
-        nmis.append(nmi(truth, best[1]))
-        purities.append(purity(truth, best[1]))
+        centroids = kmeans(points, min(n_modes, len(points)), generator=generator, restarts=restarts)
+        assignment = torch.cdist(points, centroids).argmin(dim=1).tolist()
+        nmis.append(nmi(truth, assignment))
+        purities.append(purity(truth, assignment))
     return sum(nmis) / len(nmis), sum(purities) / len(purities)
 
 

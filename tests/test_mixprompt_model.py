@@ -164,3 +164,20 @@ def test_objective_is_the_documented_sum_of_its_terms():
     mm.update_running_usage(running, terms["classes"], terms["batch_usage"], 0.8)
     assert torch.allclose(running[1], 0.8 / n_sub + 0.2 * soft[1:3].mean(0))
     assert torch.allclose(running[3], torch.full((n_sub,), 1 / n_sub))  # no image of class 3: unchanged
+
+
+def _inertia(points, centroids):
+    return torch.cdist(points, centroids).min(dim=1).values.pow(2).sum().item()
+
+
+def test_kmeans_restarts_keep_the_lowest_inertia_run_and_one_restart_is_a_single_run():
+    generator = torch.Generator().manual_seed(0)
+    points = torch.cat([torch.randn(12, 6, generator=generator) * 0.3 + shift for shift in (-2.0, 0.0, 2.0, 4.0)])
+    single = [mm.kmeans(points, 4, generator=torch.Generator().manual_seed(seed)) for seed in range(3)]
+    assert torch.equal(mm.kmeans(points, 4, generator=torch.Generator().manual_seed(1), restarts=1), single[1])
+    # restarts draw their seeds from the one generator in turn: the chosen run is one of them, the best
+    runs_generator = torch.Generator().manual_seed(5)
+    runs = [mm.kmeans(points, 4, generator=runs_generator) for _ in range(6)]
+    best = mm.kmeans(points, 4, generator=torch.Generator().manual_seed(5), restarts=6)
+    assert _inertia(points, best) == pytest.approx(min(_inertia(points, run) for run in runs))
+    assert any(torch.equal(best, run) for run in runs)

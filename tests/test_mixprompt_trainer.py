@@ -90,6 +90,8 @@ def test_eval_cache_matches_uncached_and_is_invalidated_by_a_step_and_a_load(bui
     (["TRAINER.MIXPROMPT.SCOPE", "class", "DATASET.SUBSAMPLE_CLASSES", "new"], "TRAINER.MIXPROMPT.SCOPE"),
     (["TRAINER.MIXPROMPT.OFFSET_SPACE", "token", "TRAINER.MIXPROMPT.INIT", "kmeans"], "TRAINER.MIXPROMPT.INIT"),
     (["TRAINER.MIXPROMPT.SINKHORN_ITERS", "0"], "TRAINER.MIXPROMPT.SINKHORN_ITERS"),
+    (["TRAINER.MIXPROMPT.KMEANS_RESTARTS", "0"], "TRAINER.MIXPROMPT.KMEANS_RESTARTS"),
+    (["TRAINER.MIXPROMPT.INIT", "random", "TRAINER.MIXPROMPT.KMEANS_RESTARTS", "5"], "applies only when"),
     # a key of another mode, set away from its default, would be silently ignored: refused
     (["TRAINER.MIXPROMPT.N_CTX", "8"], "TRAINER.MIXPROMPT.N_CTX is set to 8 but applies only with "
                                         "TRAINER.MIXPROMPT.OFFSET_SPACE token"),

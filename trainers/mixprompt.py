@@ -262,6 +262,7 @@ def add_mixprompt_config(cfg):
     m.INIT = "auto"
     m.OFFSET_INIT_SCALE = 0.3  # norm of an initial offset (relative to |b[c]| = 1), per-coordinate std
     # with INIT random_coordinate
+    m.KMEANS_RESTARTS = 1  # INIT kmeans: per class, the lowest-inertia of this many seeded k-means++ runs
     # per-image entropy regulariser, w * (-mean_i H(gamma_i)): none | image_detached (H of the detached
     # E-step targets: a constant with zero gradient, the earlier system's later form) | image (H of
     # softmax(s / tau) with gradient: pushes every image toward uniform responsibilities)
@@ -359,7 +360,7 @@ class MixPrompt(CLIPTrainer):
         elif init == "kmeans":
             features, labels, _ = self.train_features()
             offsets = mm.kmeans_offsets(features, labels, len(classnames), m.K, m.SCOPE, m.OFFSET_INIT_SCALE,
-                                        torch.Generator().manual_seed(max(self.cfg.SEED, 0)))
+                                        torch.Generator().manual_seed(max(self.cfg.SEED, 0)), m.KMEANS_RESTARTS)
         else:
             offsets = template_offsets(model.text_encoder, self.cfg.DATASET.NAME, classnames, metadata,
                                        learner.base_features, m.K, m.SCOPE, m.OFFSET_INIT_SCALE)
@@ -580,8 +581,9 @@ def validate_mixprompt_cfg(cfg):
         raise ConfigError(f"{key}.FEATURE_CACHE_VIEWS ({m.FEATURE_CACHE_VIEWS}) caches augmented training views, but "
                           f"{key}.TRAIN_FEATURES clean trains on the test-transform features: set "
                           f"{key}.TRAIN_FEATURES augmented or {key}.FEATURE_CACHE_VIEWS 0")
-    if m.SINKHORN_ITERS < 1:
-        raise ConfigError(f"{key}.SINKHORN_ITERS: must be >= 1, got {m.SINKHORN_ITERS}")
+    for name in ("SINKHORN_ITERS", "KMEANS_RESTARTS"):
+        if m[name] < 1:
+            raise ConfigError(f"{key}.{name}: must be >= 1, got {m[name]}")
     if not 0.0 <= m.COLLAPSE_TOP1_SHARE <= 1.0 or not -1.0 <= m.COLLAPSE_FEATURE_COS <= 1.0:
         raise ConfigError(f"{key}.COLLAPSE_TOP1_SHARE / COLLAPSE_FEATURE_COS: a share in [0, 1] and a cosine in "
                           f"[-1, 1], got {m.COLLAPSE_TOP1_SHARE} / {m.COLLAPSE_FEATURE_COS}")
@@ -593,6 +595,9 @@ def validate_mixprompt_cfg(cfg):
         if m[mode] not in applies and m[name] != defaults[name]:
             raise ConfigError(f"{key}.{name} is set to {m[name]!r} but applies only with {key}.{mode} "
                               f"{' or '.join(applies)} (it is {m[mode]!r}): remove it or change {key}.{mode}")
+    if resolve_init(m.INIT, m.OFFSET_SPACE) != "kmeans" and m.KMEANS_RESTARTS != defaults.KMEANS_RESTARTS:
+        raise ConfigError(f"{key}.KMEANS_RESTARTS is set to {m.KMEANS_RESTARTS} but applies only when {key}.INIT "
+                          f"is kmeans (or auto with OFFSET_SPACE feature): remove it or change {key}.INIT")
     if m.SCOPE == "class" and cfg.DATASET.SUBSAMPLE_CLASSES == "new":
         raise ConfigError(f"{key}.SCOPE: class-scope sub-prompts exist only for the classes seen in training, "
                           "so they cannot score new classes (DATASET.SUBSAMPLE_CLASSES new). Train with "

@@ -316,17 +316,35 @@ def random_coordinate_offsets(shape, std, generator=None):
     return torch.randn(shape, generator=generator) * std
 
 
-def kmeans(points, n_clusters, n_iters=25, generator=None):
-    """Plain k-means with k-means++ seeding: centroids (n_clusters, D) of ``points`` (N >= n_clusters, D)."""
+def kmeans(points, n_clusters, n_iters=25, generator=None, restarts=1):
+    """k-means with k-means++ seeding: centroids (n_clusters, D) of ``points`` (N >= n_clusters, D), the
+    lowest-inertia (sum of squared distances to the nearest centroid) of ``restarts`` runs, each drawing its
+    seeds from ``generator`` in turn."""
+    best_inertia, best = None, None
+    for _ in range(restarts):
+        centroids = _kmeans_run(points, n_clusters, n_iters, generator)
+        inertia = torch.cdist(points, centroids).min(dim=1).values.pow(2).sum().item()
+        if best is None or inertia < best_inertia:
+            best_inertia, best = inertia, centroids
+    return best
+
+
+def _kmeans_run(points, n_clusters, n_iters, generator):
+    """One k-means++ seeding and up to ``n_iters`` Lloyd iterations (stops once the assignment repeats:
+    the centroids are then a fixed point, so stopping gives the same result as iterating on)."""
     first = torch.randint(len(points), (1,), generator=generator)
     centroids = [points[first]]
     for _ in range(1, n_clusters):
         dist = torch.cdist(points, torch.cat(centroids)).min(dim=1).values.pow(2)
         probs = dist / dist.sum() if dist.sum() > 0 else torch.full_like(dist, 1.0 / len(dist))
         centroids.append(points[torch.multinomial(probs, 1, generator=generator)])
-    centroids = torch.cat(centroids)
+    centroids = torch.cat(centroids)  # (n_clusters, D)
+    previous = None
     for _ in range(n_iters):
-        assign = torch.cdist(points, centroids).argmin(dim=1)
+        assign = torch.cdist(points, centroids).argmin(dim=1)  # (N,)
+        if previous is not None and torch.equal(assign, previous):
+            break
+        previous = assign
         for k in range(n_clusters):
             members = points[assign == k]
             if len(members):
@@ -334,10 +352,10 @@ def kmeans(points, n_clusters, n_iters=25, generator=None):
     return centroids
 
 
-def kmeans_offsets(features, labels, n_cls, n_sub, scope, scale, generator=None):
-    """Offsets toward the within-class modes: per class, k-means of the class's image features minus the
-    class mean, directions scaled to norm ``scale`` (shared scope: k-means of all within-class residuals).
-    Sub-prompts beyond a class's image count get random directions."""
+def kmeans_offsets(features, labels, n_cls, n_sub, scope, scale, generator=None, restarts=1):
+    """Offsets toward the within-class modes: per class, k-means (best of ``restarts``) of the class's image
+    features minus the class mean, directions scaled to norm ``scale`` (shared scope: k-means of all
+    within-class residuals). Sub-prompts beyond a class's image count get random directions."""
     dim = features.shape[1]
     residuals = torch.zeros_like(features)
     for c in labels.unique():
@@ -346,13 +364,13 @@ def kmeans_offsets(features, labels, n_cls, n_sub, scope, scale, generator=None)
     if scope == "shared":
         offsets = random_offsets((n_sub, dim), scale, generator)
         k = min(n_sub, len(residuals))
-        offsets[:k] = F.normalize(kmeans(residuals, k, generator=generator), dim=-1) * scale
+        offsets[:k] = F.normalize(kmeans(residuals, k, generator=generator, restarts=restarts), dim=-1) * scale
         return offsets
     offsets = random_offsets((n_cls, n_sub, dim), scale, generator)
     for c in range(n_cls):
         points = residuals[labels == c]
         k = min(n_sub, len(points))
         if k >= 2:
-            offsets[c, :k] = F.normalize(kmeans(points, k, generator=generator), dim=-1) * scale
+            offsets[c, :k] = F.normalize(kmeans(points, k, generator=generator, restarts=restarts), dim=-1) * scale
     return offsets
 
