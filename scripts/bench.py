@@ -49,6 +49,7 @@ import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 from trainers import registry  # noqa: E402  (every trainer: its config node, default config, bench rows)
+from trainers.clip.activations import use_reference_quick_gelu  # noqa: E402
 
 DEFAULT_METHODS = ("ZeroshotCLIP", "CoOp", "CoCoOp", "MixPrompt")
 SECTIONS = ("text", "methods", "large", "cache", "real")
@@ -464,8 +465,6 @@ def use_reference_way(trainer):
     input-sized temporaries; ours runs in place where no gradient flows); the feature cache is off by opts."""
     trainer.model.text_encoder.trim_padding = False
     trainer.text_features_per_image = True
-    from trainers.clip.activations import use_reference_quick_gelu
-
     restored = use_reference_quick_gelu(trainer.model)
     if not restored:
         raise RuntimeError("reference way: the CLIP model has no QuickGELU to restore; is it an OpenAI model?")

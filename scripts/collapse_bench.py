@@ -44,8 +44,9 @@ LINEAR_PROBE = "configs/trainers/LinearProbeCLIP/vit_b16.yaml"
 TIP = "configs/trainers/TipAdapter/vit_b16.yaml"
 P = "TRAINER.MIXPROMPT."
 
-# the fixed defaults' recipe before docs/mixprompt_recipe.md's change, as opts on top of MP
-PREV_RECIPE = [P + "TRAIN_FEATURES", "augmented", "OPTIM.NAME", "sgd", "OPTIM.LR", "0.002", "OPTIM.WARMUP_EPOCH", "1"]
+# the fixed defaults' recipe before docs/mixprompt_recipe.md's changes, as opts on top of MP
+PREV_RECIPE = [P + "TRAIN_FEATURES", "augmented", "OPTIM.NAME", "sgd", "OPTIM.LR", "0.002", "OPTIM.WARMUP_EPOCH", "1",
+               P + "MIXTURE_LOSS", "ce"]
 # name -> (trainer, config file, extra opts, description); only MixPrompt settings depend on K. A trainer of
 # FEATURES is no train.py run: the row is computed from the frozen image features (ORACLES use the true modes).
 FEATURES = "features"
@@ -85,6 +86,8 @@ SETTINGS = {
                         "previous fixed defaults with Adam lr 0.01 (augmented views)"),
     "fixed+warmup": ("MixPrompt", MP, ["OPTIM.WARMUP_EPOCH", "1"], "fixed with one constant warm-up epoch (lr 1e-5)"),
     "fixed+sgd": ("MixPrompt", MP, ["OPTIM.NAME", "sgd", "OPTIM.LR", "0.002"], "fixed with SGD lr 0.002"),
+    "fixed+ce": ("MixPrompt", MP, [P + "MIXTURE_LOSS", "ce"],
+                 "fixed with the cross-entropy mixture loss (the default before the pull change)"),
     # leave-one-out from the fixed defaults (not run by default: --settings fixed-...)
     "fixed-balance": ("MixPrompt", MP, [P + "BALANCE", "none"], "fixed without the balanced E-step"),
     "fixed-diversity": ("MixPrompt", MP, [P + "DIVERSITY", "none"], "fixed without diversity"),

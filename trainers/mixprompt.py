@@ -247,9 +247,10 @@ def add_mixprompt_config(cfg):
     m.TRAIN_FEATURES = "auto"
     m.SIM_SCALE = 100.0  # a in s = a * cos, softmax_k(s / tau) and class scores (CLIP's logit scale is 100)
     m.LAMBDA_MIXTURE = 0.5  # loss = LAMBDA * mixture + (1 - LAMBDA) * class
-    # ce: -sum_k gamma log p(y, k) with p a softmax over all C*K pairs (pulls toward own, pushes others);
-    # pull: -sum_k gamma * s[y, k] on the own class only (the earlier system's; no push)
-    m.MIXTURE_LOSS = "ce"
+    # pull: -sum_k gamma * s[y, k] on the own class only (the earlier system's form; the class loss does the
+    # discriminating) | ce: -sum_k gamma log p(y, k) with p a softmax over all C*K pairs (pulls toward own,
+    # pushes every other pair away). pull: same accuracy, better mode recovery (docs/mixprompt_recipe.md)
+    m.MIXTURE_LOSS = "pull"
     m.POOL = "lse"  # pooling of sub-prompt scores into class scores in training: max | lse | mean
     m.EVAL_POOL = ""  # pooling at inference ("" = POOL)
     m.CLASS_TEMPERATURE = 1.0  # class loss = CE(pool(s) / CLASS_TEMPERATURE); the earlier system: 0.07
