@@ -51,12 +51,16 @@ PREV_RECIPE = [P + "TRAIN_FEATURES", "augmented", "OPTIM.NAME", "sgd", "OPTIM.LR
 # FEATURES is no train.py run: the row is computed from the frozen image features (ORACLES use the true modes).
 FEATURES = "features"
 ORACLES = ("oracle_mode_means", "oracle_kmeans")
+K_FEATURES = ("kmeans_k", "kmeans_k_balanced")  # FEATURES rows that depend on K (MixPrompt's, not the true M)
 SETTINGS = {
     "zeroshot": ("ZeroshotCLIP", COOP, [], "zero-shot CLIP (dataset template)"),
     "linear_probe": ("LinearProbeCLIP", LINEAR_PROBE, [], "linear probe (C on val; 3-fold CV without val)"),
     "1nn": (FEATURES, "", [], "1-nearest neighbour (cosine) among the training features"),
     "oracle_mode_means": (FEATURES, "", [], "ORACLE: nearest true (class, mode) mean of the training features"),
     "oracle_kmeans": (FEATURES, "", [], "ORACLE: per-class k-means (k = M) mode-recovery NMI / purity"),
+    "kmeans_k": (FEATURES, "", [], "per-class k-means with k = K: NMI / purity of its nearest-centroid split"),
+    "kmeans_k_balanced": (FEATURES, "", [], "the same centroids, each given an equal share of the class's images "
+                                            "(what a balanced E-step allows): NMI / purity"),
     "tip": ("TipAdapter", TIP, [], "Tip-Adapter, training-free (alpha, beta on val when there is one)"),
     "tip_f": ("TipAdapter", TIP, ["TRAINER.TIPADAPTER.FINETUNE", "True", "OPTIM.MAX_EPOCH", "20",
                                   "DATALOADER.TRAIN_X.BATCH_SIZE", "256"], "Tip-Adapter-F, its recipe (20 epochs, batch 256)"),
@@ -272,9 +276,26 @@ def nearest_neighbour_accuracy(train_x, train_y, test_x, test_y):
     return (train_y[(test_x @ train_x.t()).argmax(dim=1)] == test_y).float().mean().item() * 100
 
 
-def kmeans_mode_recovery(train_x, train_y, train_mode, n_modes, seed, restarts=10):
-    """ORACLE: (NMI, purity) of per-class k-means (k = the true number of modes; the lowest-inertia of
-    ``restarts`` seeded k-means++ runs) against the true modes, per class then averaged."""
+def balanced_assignment(distances):
+    """Cluster of each of N points (N,) given their distances to k centroids (N, k), each centroid taking at
+    most ceil(N / k) points, with the smallest total squared distance (an exact assignment problem)."""
+    import torch
+    from scipy.optimize import linear_sum_assignment
+
+    n_points, n_clusters = distances.shape
+    slots = -(-n_points // n_clusters)
+    cost = distances.pow(2).repeat_interleave(slots, dim=1)  # (N, k * slots): column j is a seat of cluster j // slots
+    rows, seats = linear_sum_assignment(cost.double().numpy())
+    assignment = torch.empty(n_points, dtype=torch.long)
+    assignment[torch.as_tensor(rows)] = torch.as_tensor(seats) // slots
+    return assignment
+
+
+def kmeans_mode_recovery(train_x, train_y, train_mode, n_clusters, seed, restarts=10, balanced=False):
+    """(NMI, purity) against the true modes of per-class k-means with ``n_clusters`` (the ORACLE when it is
+    the true number of modes; the lowest-inertia of ``restarts`` seeded k-means++ runs), per class then
+    averaged. Each image goes to its nearest centroid, or, ``balanced``, to a centroid under the constraint
+    that every centroid takes an equal share of the class's images (``balanced_assignment``)."""
     import torch
 
     from trainers.mixprompt_diagnostics import nmi, purity
@@ -284,23 +305,35 @@ def kmeans_mode_recovery(train_x, train_y, train_mode, n_modes, seed, restarts=1
     nmis, purities = [], []
     for c in sorted(set(train_y.tolist())):
         points, truth = train_x[train_y == c], train_mode[train_y == c].tolist()
-        centroids = kmeans(points, min(n_modes, len(points)), generator=generator, restarts=restarts)
-        assignment = torch.cdist(points, centroids).argmin(dim=1).tolist()
+        centroids = kmeans(points, min(n_clusters, len(points)), generator=generator, restarts=restarts)
+        distances = torch.cdist(points, centroids)  # (N_c, k)
+        assignment = (balanced_assignment(distances) if balanced else distances.argmin(dim=1)).tolist()
         nmis.append(nmi(truth, assignment))
         purities.append(purity(truth, assignment))
     return sum(nmis) / len(nmis), sum(purities) / len(purities)
 
 
+def reference_key(setting, k):
+    """The key of a FEATURES row in references.json (K_FEATURES rows: one per K)."""
+    return setting if k is None else f"{setting}@K{k}"
+
+
 def feature_references(args, seed, weights, true_mode):
-    """The FEATURES rows of one seed, from the frozen image features the linear probe uses (test transform,
-    the seed's training split); cached in ``--out/features/seed<S>/references.json``."""
+    """The FEATURES rows of one seed (K_FEATURES rows for every ``args.K``), from the frozen image features
+    the linear probe uses (test transform, the seed's training split); cached in
+    ``--out/features/seed<S>/references.json`` and recomputed when a row asked for is not there."""
     import torch
 
     out_dir = os.path.join(args.out, FEATURES, f"seed{seed}")
     path = os.path.join(out_dir, "references.json")
+    wanted = {reference_key(s, k) for s in SETTINGS if SETTINGS[s][0] == FEATURES
+              for k in (args.K if s in K_FEATURES else [None])}
+    cached = {}
     if os.path.isfile(path):
         with open(path) as f:
-            return json.load(f), True
+            cached = json.load(f)
+        if wanted <= set(cached):
+            return cached, True
     from engine import build_trainer, set_random_seed
     from trainers.cli import build_parser as train_parser, setup_cfg
 
@@ -316,6 +349,12 @@ def feature_references(args, seed, weights, true_mode):
             "oracle_mode_means": {"accuracy": nearest_mode_mean_accuracy(train_x, train_y, train_mode, test_x,
                                                                           test_y)},
             "oracle_kmeans": {"nmi": nmi_value, "purity": purity_value}}
+    for k in args.K:
+        for setting in K_FEATURES:
+            recovered = kmeans_mode_recovery(train_x, train_y, train_mode, k, seed,
+                                             balanced=setting == "kmeans_k_balanced")
+            refs[reference_key(setting, k)] = dict(zip(("nmi", "purity"), recovered))
+    refs = {**cached, **refs}  # rows of other K from earlier calls are kept
     os.makedirs(out_dir, exist_ok=True)
     with open(path, "w") as f:
         json.dump(refs, f, indent=1)
@@ -331,7 +370,8 @@ def main(argv=None):
 
     os.makedirs(args.out, exist_ok=True)
     weights = resolve_weights(args)
-    plan = [(s, k) for s in args.settings for k in (args.K if SETTINGS[s][0] == "MixPrompt" else [None])]
+    plan = [(s, k) for s in args.settings for k in (args.K if SETTINGS[s][0] == "MixPrompt" or s in K_FEATURES
+                                                    else [None])]
     n_runs = len(plan) * len(args.seeds)
     print(f"{n_runs} runs: settings {args.settings}, K {args.K}, seeds {args.seeds}, backbone {args.backbone}, "
           f"C {args.classes}, M {args.modes}, {args.images_per_mode} train images per mode, {args.epochs} epochs")
@@ -351,7 +391,7 @@ def main(argv=None):
                 true_mode = true_modes(args, cfg)
             if seed not in references:
                 references[seed] = feature_references(args, seed, weights, true_mode)
-            result, reused = references[seed][0][setting], references[seed][1]
+            result, reused = references[seed][0][reference_key(setting, k)], references[seed][1]
             out_dir = os.path.join(args.out, FEATURES, f"seed{seed}")
         else:
             out_dir = os.path.join(args.out, setting, f"k{k}" if k else "single", f"seed{seed}")

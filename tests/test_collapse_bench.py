@@ -69,7 +69,8 @@ def test_bench_cli_original_collapses_fixed_recovers_modes(tmp_path):
     out = tmp_path / "bench"
     proc = subprocess.run(
         [sys.executable, "scripts/collapse_bench.py", "--backbone", "random", "--K", "4", "--seeds", "1", "--settings",
-         "original", "fixed", "1nn", "oracle_mode_means", "oracle_kmeans", "tip", "--classes", "3", "--modes", "3", "--images-per-mode", "6", "--test-per-mode", "2", "--epochs", "8",
+         "original", "fixed", "1nn", "oracle_mode_means", "oracle_kmeans", "kmeans_k", "kmeans_k_balanced", "tip", "--classes", "3", "--modes", "3",
+         "--images-per-mode", "6", "--test-per-mode", "2", "--epochs", "8",
          "--batch-size", "8", "--out", str(out), "--json", str(out / "bench.json")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -77,6 +78,9 @@ def test_bench_cli_original_collapses_fixed_recovers_modes(tmp_path):
     rows = {r["setting"]: r for r in json.load(open(out / "bench.json"))["table"]}
     assert rows["oracle_mode_means"]["accuracy"] > 90 and rows["oracle_kmeans"]["nmi"] > 0.5  # modes are separable
     assert rows["1nn"]["accuracy"] is not None and rows["tip"]["accuracy"] is not None and rows["tip"]["nmi"] is None
+    # K 4 clusters for 3 modes of 6 images: a split finer than the modes, balanced at most 5 images a cluster
+    assert rows["kmeans_k"]["K"] == 4 and rows["kmeans_k"]["purity"] > 0.9
+    assert rows["kmeans_k_balanced"]["nmi"] <= rows["kmeans_k"]["nmi"] + 1e-9
     original, fixed = rows["original"], rows["fixed"]
     assert original["collapsed"] == 1.0 and original["eff_k"] < 1.3 and original["nmi"] < 0.2
     assert fixed["collapsed"] == 0.0 and fixed["eff_k"] > 2.0 and fixed["nmi"] > original["nmi"] + 0.3
@@ -125,3 +129,22 @@ def test_world_backbone_is_the_default_with_the_documented_data(bench, tmp_path)
     assert "--eval-only" in bench.train_argv(at_init, "fixed", 8, 1, str(tmp_path / "run"), "w.pt")  # epoch 0
     with pytest.raises(SystemExit):
         bench.main(["--separation", "0.5", "--out", str(tmp_path)])  # random backbone only
+
+
+def test_balanced_assignment_gives_every_cluster_an_equal_share(bench):
+    import torch
+
+    from trainers.mixprompt_diagnostics import nmi
+
+    # one class: 6 images of mode 0 near the origin, 2 of mode 1 far away; two centroids at the modes
+    points = torch.tensor([[0.0], [0.1], [0.2], [0.3], [0.4], [0.5], [10.0], [10.1]])
+    mode = torch.tensor([0] * 6 + [1] * 2)
+    distances = torch.cdist(points, torch.tensor([[0.25], [10.05]]))
+    balanced = bench.balanced_assignment(distances)
+    assert torch.bincount(balanced).tolist() == [4, 4]
+    assert balanced[6:].tolist() == [1, 1] and balanced[4:6].tolist() == [1, 1]  # the two closest to mode 1 move
+    assert nmi(mode.tolist(), distances.argmin(dim=1).tolist()) == pytest.approx(1.0)
+    assert nmi(mode.tolist(), balanced.tolist()) < 0.7
+    label = torch.zeros(8, dtype=torch.long)
+    assert bench.kmeans_mode_recovery(points, label, mode, 2, seed=0)[0] == pytest.approx(1.0)
+    assert bench.kmeans_mode_recovery(points, label, mode, 2, seed=0, balanced=True)[0] < 0.7
