@@ -90,8 +90,8 @@ SETTINGS = {
                         "previous fixed defaults with Adam lr 0.01 (augmented views)"),
     "fixed+warmup": ("MixPrompt", MP, ["OPTIM.WARMUP_EPOCH", "1"], "fixed with one constant warm-up epoch (lr 1e-5)"),
     "fixed+sgd": ("MixPrompt", MP, ["OPTIM.NAME", "sgd", "OPTIM.LR", "0.002"], "fixed with SGD lr 0.002"),
-    "fixed+ce": ("MixPrompt", MP, [P + "MIXTURE_LOSS", "ce"],
-                 "fixed with the cross-entropy mixture loss (the default before the pull change)"),
+    "fixed+pull": ("MixPrompt", MP, [P + "MIXTURE_LOSS", "pull"],
+                   "fixed with the earlier system's pull-only mixture loss (screened, not adopted)"),
     # leave-one-out from the fixed defaults (not run by default: --settings fixed-...)
     "fixed-balance": ("MixPrompt", MP, [P + "BALANCE", "none"], "fixed without the balanced E-step"),
     "fixed-diversity": ("MixPrompt", MP, [P + "DIVERSITY", "none"], "fixed without diversity"),

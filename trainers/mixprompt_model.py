@@ -11,9 +11,9 @@ the class's training images (``random_offsets``, ``kmeans_offsets``).
 Objective per batch (``MixPromptObjective``, which the trainer only feeds):
 - E-step: responsibilities gamma[i, k] = softmax_k(a * cos(f_i, t[y_i, k]) / tau), detached targets (or
   balanced targets from an epoch-level Sinkhorn E-step, see ``sinkhorn_balance``);
-- M-step mixture loss: MIXTURE_LOSS pull (the default, the earlier system's form), -sum_k gamma s on the
-  own class: each sub-prompt is pulled toward the images it is responsible for; or ce, cross-entropy of the
-  (class, sub-prompt) pair over all C*K pairs weighted by gamma, which also pushes it away from the rest;
+- M-step mixture loss: MIXTURE_LOSS ce (the default), cross-entropy of the (class, sub-prompt) pair over all
+  C*K pairs weighted by gamma, so a sub-prompt is pulled toward the images it is responsible for and pushed
+  away from the rest; or pull, the earlier system's pull-only -sum_k gamma s on the own class;
 - class loss: cross-entropy of the pooled class scores;  L = LAMBDA * mix + (1 - LAMBDA) * class;
 - regularisers, each carrying gradient to what it must move: L2 on raw offsets; diversity on the final
   features t[c, :] (not on the raw offsets, which can look diverse while t collapses); usage balance on
