@@ -529,8 +529,8 @@ def real_round(ws, args, meter, root, variant):
                 row["epochs"] = []
                 for trainer.epoch in range(trainer.max_epoch):
                     row["epochs"].append(time_epoch(trainer))
-                # epochs shorter than --real-min-epoch-time are timed again until the repeats add up to it:
-                # on a shared CPU one scheduler slice would otherwise be most of a short epoch's figure
+                # epochs shorter than --real-min-epoch-time are timed again until the repeats add up to it, so
+                # that a short epoch's figure rests on more than two samples
                 row["epoch_repeats"] = []
                 while (statistics.median(row["epochs"] + row["epoch_repeats"]) < args.real_min_epoch_time
                        and sum(row["epoch_repeats"]) < args.real_min_epoch_time

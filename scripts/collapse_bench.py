@@ -313,6 +313,11 @@ def kmeans_mode_recovery(train_x, train_y, train_mode, n_clusters, seed, restart
     return sum(nmis) / len(nmis), sum(purities) / len(purities)
 
 
+def setting_ks(setting, ks):
+    """The K values a setting runs at: every asked K for MixPrompt settings and K_FEATURES rows, else [None]."""
+    return ks if SETTINGS[setting][0] == "MixPrompt" or setting in K_FEATURES else [None]
+
+
 def reference_key(setting, k):
     """The key of a FEATURES row in references.json (K_FEATURES rows: one per K)."""
     return setting if k is None else f"{setting}@K{k}"
@@ -326,8 +331,7 @@ def feature_references(args, seed, weights, true_mode):
 
     out_dir = os.path.join(args.out, FEATURES, f"seed{seed}")
     path = os.path.join(out_dir, "references.json")
-    wanted = {reference_key(s, k) for s in SETTINGS if SETTINGS[s][0] == FEATURES
-              for k in (args.K if s in K_FEATURES else [None])}
+    wanted = {reference_key(s, k) for s in SETTINGS if SETTINGS[s][0] == FEATURES for k in setting_ks(s, args.K)}
     cached = {}
     if os.path.isfile(path):
         with open(path) as f:
@@ -370,8 +374,7 @@ def main(argv=None):
 
     os.makedirs(args.out, exist_ok=True)
     weights = resolve_weights(args)
-    plan = [(s, k) for s in args.settings for k in (args.K if SETTINGS[s][0] == "MixPrompt" or s in K_FEATURES
-                                                    else [None])]
+    plan = [(s, k) for s in args.settings for k in setting_ks(s, args.K)]
     n_runs = len(plan) * len(args.seeds)
     print(f"{n_runs} runs: settings {args.settings}, K {args.K}, seeds {args.seeds}, backbone {args.backbone}, "
           f"C {args.classes}, M {args.modes}, {args.images_per_mode} train images per mode, {args.epochs} epochs")
