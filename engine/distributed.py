@@ -16,6 +16,7 @@ model and the engine keeps the replicas identical:
   ranks after every epoch (``ranks_disagree_on``).
 """
 import datetime
+import importlib
 import os
 
 import numpy as np
@@ -102,6 +103,13 @@ def init_distributed_from_env(use_cuda=True):
                             "this node: start at most one process per GPU (torchrun --nproc_per_node)")
         torch.cuda.set_device(local_rank)
         backend = "nccl"
+    # torch.distributed.nn (imported by open_clip's loss module when the CLIP is loaded) binds the default
+    # group into its functions' default arguments at import. Imported after the group exists, it keeps the
+    # group alive past destroy_process_group: gloo's threads then die at interpreter exit, and a rank can end
+    # with SIGABRT ("terminate called without an active exception") after a finished run. Imported first, the
+    # defaults hold no group.
+    importlib.import_module("torch.distributed.nn")
+
     dist.init_process_group(backend=backend, timeout=_timeout())
     return True
 

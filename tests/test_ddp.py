@@ -175,6 +175,36 @@ def test_reductions_across_two_processes_equal_one_process_figures():
 
 
 # ----------------------------------------------------------------------------------------- torchrun
+SHUTDOWN_SCRIPT = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from engine.distributed import barrier, destroy_distributed, init_distributed_from_env
+init_distributed_from_env(use_cuda=False)
+import open_clip  # what train.py does next: loading the CLIP imports open_clip, and with it torch.distributed.nn
+barrier()
+destroy_distributed()
+with open(os.path.join(sys.argv[2], "threads-" + os.environ["RANK"]), "w") as f:
+    f.write(" ".join(open(f"/proc/self/task/{task}/comm").read().strip() for task in os.listdir("/proc/self/task")))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="thread names are read from Linux's /proc")
+def test_leaving_the_process_group_stops_its_threads(tmp_path):
+    """A library imported after the group was joined (open_clip imports torch.distributed.nn, whose functions
+    bind the default group as default arguments) must not keep the group alive past destroy_distributed:
+    its gloo threads would die at interpreter exit, and a rank of a finished run with SIGABRT."""
+    script = tmp_path / "leave.py"
+    script.write_text(SHUTDOWN_SCRIPT)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           str(script), str(REPO_ROOT), str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        threads = (tmp_path / f"threads-{rank}").read_text().split()
+        assert not [name for name in threads if "gloo" in name], threads
+
+
 def _coop_args(root, out, weights):
     return train_args("CoOp", root, out, weights, opts=[
         "OPTIM.MAX_EPOCH", "3", "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "TRAIN.CHECKPOINT_FREQ", "1", *DETERMINISTIC])
