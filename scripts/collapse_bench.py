@@ -34,7 +34,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 from tabulate import tabulate  # noqa: E402
 
 from trainers.mixprompt_diagnostics import mode_recovery  # noqa: E402
-from trainers.runs import final_result, is_finished  # noqa: E402
+from trainers.runs import final_result, is_finished, read_record, result_settings  # noqa: E402
 
 MP = "configs/trainers/MixPrompt/vit_b16.yaml"
 ORIGINAL = "configs/trainers/MixPrompt/original.yaml"
@@ -194,6 +194,39 @@ def run_one(argv):
         finally:
             if isinstance(sys.stdout, _Tee):
                 sys.stdout.close()
+
+
+def stale_settings(out_dir, argv):
+    """The result-changing settings in which the finished run in ``out_dir`` differs from the run ``argv``
+    asks for today ({key: (recorded, now)}): a default changed since, or other opts. Empty when it can be
+    reused."""
+    from trainers.cli import build_parser as train_parser, setup_cfg
+    from trainers.registry import get_trainer
+
+    cfg = setup_cfg(train_parser().parse_args(argv))
+    own = f"TRAINER.{get_trainer(cfg.TRAINER.NAME).cfg_node}."
+
+    def read_by_this_trainer(key):  # another trainer's TRAINER.<NODE>.* keys cannot change this run
+        return not key.startswith("TRAINER.") or key.startswith(own) or key.count(".") == 1
+
+    recorded, planned = read_record(out_dir)["settings"], result_settings(cfg)
+    keys = sorted(k for k in set(recorded) | set(planned) if read_by_this_trainer(k))
+    return {k: (recorded.get(k), planned.get(k)) for k in keys if recorded.get(k) != planned.get(k)}
+
+
+def reusable(out_dir, argv):
+    """True when ``out_dir`` holds a finished run of exactly ``argv``'s settings, False when it holds none;
+    a finished run of other settings is an error (reusing it would put another method's figures in the
+    table, and re-running over it would overwrite a result)."""
+    if not is_finished(out_dir):
+        return False
+    differing = stale_settings(out_dir, argv)
+    if differing:
+        shown = "; ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in list(differing.items())[:5])
+        more = f" (and {len(differing) - 5} more)" if len(differing) > 5 else ""
+        raise SystemExit(f'ERROR: "{out_dir}" holds a finished run with other settings than this benchmark asks for '
+                         f"({shown}{more}). Remove that folder to re-run it, or choose another --out.")
+    return True
 
 
 def collect(out_dir, true_mode):
@@ -399,7 +432,7 @@ def main(argv=None):
         else:
             out_dir = os.path.join(args.out, setting, f"k{k}" if k else "single", f"seed{seed}")
             argv_run = train_argv(args, setting, k, seed, out_dir, weights)
-            reused = is_finished(out_dir)
+            reused = reusable(out_dir, argv_run)
             if not reused:
                 run_one(argv_run)
             if true_mode is None:

@@ -90,6 +90,23 @@ def test_bench_cli_original_collapses_fixed_recovers_modes(tmp_path):
          "original", "oracle_kmeans", "--classes", "3", "--modes", "3", "--images-per-mode", "6", "--test-per-mode", "2", "--epochs", "8",
          "--batch-size", "8", "--out", str(out)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert again.stdout.count("(reused)") == 2
+    # a finished run made with other settings (here: a default changed since) is never reused or overwritten;
+    # another trainer's keys do not count
+    def edit_record(setting, key, value):
+        path = out / setting / "k4" / "seed1" / "result.json"
+        record = json.loads(path.read_text())
+        record["settings"][key] = value
+        path.write_text(json.dumps(record))
+    edit_record("fixed", "TRAINER.MIXPROMPT.MIXTURE_LOSS", "pull")
+    edit_record("original", "TRAINER.COOP.N_CTX", 99)
+    stale = subprocess.run(
+        [sys.executable, "scripts/collapse_bench.py", "--backbone", "random", "--K", "4", "--seeds", "1", "--settings",
+         "original", "fixed", "--classes", "3", "--modes", "3", "--images-per-mode", "6", "--test-per-mode", "2",
+         "--epochs", "8", "--batch-size", "8", "--out", str(out)], cwd=REPO_ROOT, capture_output=True, text=True,
+        timeout=300)
+    assert stale.returncode != 0 and stale.stdout.count("(reused)") == 1
+    assert str(out / "fixed" / "k4" / "seed1") in stale.stderr
+    assert "TRAINER.MIXPROMPT.MIXTURE_LOSS: 'pull' there, 'ce' now" in stale.stderr
 
 
 def test_feature_references_and_oracles_on_known_features(bench):
