@@ -97,8 +97,9 @@ def build_parser():
                    "at C 2000 K 32 with the tiny CLIP), measure on CUDA (estimate if it runs out of memory)")
     p.add_argument("--class-sample", type=int, default=64, help="CLASS_SAMPLE of section 3's sampled run")
     p.add_argument("--cache-views", type=int, default=4, help="FEATURE_CACHE_VIEWS of section 4")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 is steadier on a "
-                   "busy machine)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice). On a machine shared "
+                   "with other CPU-heavy work use 1:\nwith more, the multi-threaded encoders slow down more than "
+                   "small single-threaded phases (a feature-space epoch), and the ratios between them move")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--reps", type=int, default=3, help="repetitions (median) of steps and evaluations")
     p.add_argument("--sections", nargs="+", choices=SECTIONS, default=["text", "methods", "large", "cache"],
