@@ -26,7 +26,7 @@ def test_bench_runs_every_section_and_reports_ratios(tmp_path):
          "--cache-views", "2", "--reps", "1", "--warmup", "0", "--threads", "1", "--work-dir", str(tmp_path / "w"),
          "--sections", "text", "methods", "large", "cache", "real", "--real-backbone", "tiny", "--real-classes", "3",
          "--real-shots", "2", "--real-test-per-class", "1", "--real-K", "2", "--real-rounds", "2",
-         "--real-min-epoch-time", "0.2", "--real-methods", "CoOp", "CoOp (reference way)", "MixPrompt feature", "--json", str(out)],
+         "--real-min-epoch-time", "0.2", "--json", str(out)],  # section 5: every default row
         cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(out.read_text())
@@ -45,8 +45,15 @@ def test_bench_runs_every_section_and_reports_ratios(tmp_path):
     for name in ("trim_speedup", "eval_ratio_mixprompt_vs_zeroshot", "cache_epoch_speedup"):
         assert name in result.stdout  # the printed table names every ratio
     real = results["real"]
-    assert real["rows"] == ["CoOp", "CoOp (reference way)", "MixPrompt feature"] and len(real["rounds"]) == 2
-    for row in real["rounds"][0].values():
+    assert real["rows"] == ["ZeroshotCLIP", "LinearProbeCLIP", "CoOp", "CoOp (reference way)", "CoCoOp",
+                            "MixPrompt feature", "MixPrompt token"] and len(real["rounds"]) == 2
+    first = real["rounds"][0]
+    assert first["ZeroshotCLIP"]["test"] > 0 and "epoch" not in first["ZeroshotCLIP"]
+    assert first["LinearProbeCLIP"]["train"] > 0 and first["LinearProbeCLIP"]["test"] > 0
+    cocoop = first["CoCoOp"]  # batch 1: its epoch is estimated from its timed steps
+    assert cocoop["epoch_estimated"] and cocoop["epoch"] == cocoop["step"] * cocoop["batches"]
+    for label in ("CoOp", "CoOp (reference way)", "MixPrompt feature", "MixPrompt token"):
+        row = first[label]
         assert row["startup"] > 0 and row["step"] > 0 and row["epoch"] > 0 and row["test"] > 0 and row["peak_bytes"] > 0
         # the run figure adds up the epochs that ran (default 2), not one epoch counted twice
         assert len(row["epochs"]) == 2
