@@ -725,9 +725,9 @@ def render(results):
         lines.append(tabulate(table, headers=["method", "start-up s", "step s", "epoch s", "fit s", "test s",
                                               f"run s ({args['real_epochs']} ep.)", "peak RSS MiB", "batches"]))
         lines.append(f"epoch = median of the {args['real_epochs']} epochs run (epochs under "
-                     f"{args['real_min_epoch_time']} s: the fastest of them and their repeats); run = start-up + the {args['real_epochs']} epochs + test "
-                     "(CoCoOp: estimated from its steps); loads at the start of each row: "
-                     "see the progress lines / JSON")
+                     f"{args['real_min_epoch_time']} s: the fastest of them and their repeats); run = start-up + "
+                     f"the {args['real_epochs']} epochs + test (CoCoOp: estimated from its steps); loads at the "
+                     "start of each row: see the progress lines / JSON")
     lines.append("\nRatios (measured in this run; real-size ones: median [min-max] of per-round ratios)")
     rows = []
     for name, value in results["ratios"].items():

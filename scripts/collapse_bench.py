@@ -199,17 +199,20 @@ def run_one(argv):
 def stale_settings(out_dir, argv):
     """The result-changing settings in which the finished run in ``out_dir`` differs from the run ``argv``
     asks for today ({key: (recorded, now)}): a default changed since, or other opts. Empty when it can be
-    reused."""
+    reused, or when the folder has no record of its settings to compare (a run of CoOp's own code)."""
     from trainers.cli import build_parser as train_parser, setup_cfg
     from trainers.registry import get_trainer
 
+    record = read_record(out_dir) or {}
+    if "settings" not in record:
+        return {}
     cfg = setup_cfg(train_parser().parse_args(argv))
     own = f"TRAINER.{get_trainer(cfg.TRAINER.NAME).cfg_node}."
 
     def read_by_this_trainer(key):  # another trainer's TRAINER.<NODE>.* keys cannot change this run
         return not key.startswith("TRAINER.") or key.startswith(own) or key.count(".") == 1
 
-    recorded, planned = read_record(out_dir)["settings"], result_settings(cfg)
+    recorded, planned = record["settings"], result_settings(cfg)
     keys = sorted(k for k in set(recorded) | set(planned) if read_by_this_trainer(k))
     return {k: (recorded.get(k), planned.get(k)) for k in keys if recorded.get(k) != planned.get(k)}
 
