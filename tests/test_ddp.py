@@ -181,6 +181,7 @@ sys.path.insert(0, sys.argv[1])
 from engine.distributed import barrier, destroy_distributed, init_distributed_from_env
 init_distributed_from_env(use_cuda=False)
 import open_clip  # what train.py does next: loading the CLIP imports open_clip, and with it torch.distributed.nn
+import torch.distributed.nn  # (itself, in case a later open_clip no longer imports it)
 barrier()
 destroy_distributed()
 with open(os.path.join(sys.argv[2], "threads-" + os.environ["RANK"]), "w") as f:
