@@ -10,8 +10,9 @@ with NUM_MODES hidden looks per class); ``random`` is the tiny seeded random CLI
 (``--separation`` and ``--imbalance`` apply there only). ``--weights`` names other weights.
 Every trained setting goes through ``train.py``'s own run (same config merge, trainer, training loop and
 diagnostics as a user's run). Runs land in ``--out/<setting>/k<K>/seed<S>``; finished runs are reused, so
-an interrupted benchmark continues where it stopped (a finished run made with other settings stops it). The feature-level rows (1-NN and the two oracles, which
-use the true modes) are computed from the frozen image features the linear probe uses (test transform).
+an interrupted benchmark continues where it stopped (a finished run made with other settings stops it). The
+feature-level rows (1-NN and the two oracles, which use the true modes) are computed from the frozen image
+features the linear probe uses (test transform).
 Printed per setting and K: accuracy, feature_cos, offset_cos, eff_k, top1_share, dead, the share of seeds
 the collapse rule fires for, and mode recovery (NMI and purity of the arg-max sub-prompt assignments of the
 training images against their true modes, per class then averaged; purity favours K > M splits, NMI does
