@@ -91,6 +91,8 @@ SETTINGS = {
                         "previous fixed defaults with Adam lr 0.01 (augmented views)"),
     "fixed+warmup": ("MixPrompt", MP, ["OPTIM.WARMUP_EPOCH", "1"], "fixed with one constant warm-up epoch (lr 1e-5)"),
     "fixed+sgd": ("MixPrompt", MP, ["OPTIM.NAME", "sgd", "OPTIM.LR", "0.002"], "fixed with SGD lr 0.002"),
+    "fixed+ce": ("MixPrompt", MP, [P + "MIXTURE_LOSS", "ce"],
+                 "fixed with the cross-entropy mixture loss alone (the fixed defaults until ce_pull)"),
     "fixed+pull": ("MixPrompt", MP, [P + "MIXTURE_LOSS", "pull"],
                    "fixed with the earlier system's pull-only mixture loss (screened, not adopted)"),
     # leave-one-out from the fixed defaults (not run by default: --settings fixed-...)

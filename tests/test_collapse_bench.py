@@ -97,7 +97,7 @@ def test_bench_cli_original_collapses_fixed_recovers_modes(tmp_path):
         record = json.loads(path.read_text())
         record["settings"][key] = value
         path.write_text(json.dumps(record))
-    edit_record("fixed", "TRAINER.MIXPROMPT.MIXTURE_LOSS", "pull")
+    edit_record("fixed", "TRAINER.MIXPROMPT.MIXTURE_LOSS", "ce")
     edit_record("original", "TRAINER.COOP.N_CTX", 99)
     stale = subprocess.run(
         [sys.executable, "scripts/collapse_bench.py", "--backbone", "random", "--K", "4", "--seeds", "1", "--settings",
@@ -106,7 +106,7 @@ def test_bench_cli_original_collapses_fixed_recovers_modes(tmp_path):
         timeout=300)
     assert stale.returncode != 0 and stale.stdout.count("(reused)") == 1
     assert str(out / "fixed" / "k4" / "seed1") in stale.stderr
-    assert "TRAINER.MIXPROMPT.MIXTURE_LOSS: 'pull' there, 'ce' now" in stale.stderr
+    assert "TRAINER.MIXPROMPT.MIXTURE_LOSS: 'ce' there, 'ce_pull' now" in stale.stderr
 
 
 def test_feature_references_and_oracles_on_known_features(bench):

@@ -248,10 +248,11 @@ def add_mixprompt_config(cfg):
     m.SIM_SCALE = 100.0  # a in s = a * cos, softmax_k(s / tau) and class scores (CLIP's logit scale is 100)
     m.LAMBDA_MIXTURE = 0.5  # loss = LAMBDA * mixture + (1 - LAMBDA) * class
     # ce: -sum_k gamma log p(y, k) with p a softmax over all C*K pairs (pulls toward own, pushes every other
-    # pair away) | pull: -sum_k gamma * s[y, k] on the own class only (the earlier system's form; better mode
-    # recovery on the world benchmark, less accuracy and more dead sub-prompts on the random one:
-    # docs/mixprompt_recipe.md)
-    m.MIXTURE_LOSS = "ce"
+    # pair away) | pull: -sum_k gamma * s[y, k] on the own class only (the earlier system's form) | ce_pull:
+    # (1 - PULL_SHARE) * ce + PULL_SHARE * pull (the pull keeps sub-prompts on their images' modes, the
+    # cross-entropy keeps them apart; chosen in docs/mixprompt_recipe.md)
+    m.MIXTURE_LOSS = "ce_pull"
+    m.PULL_SHARE = 0.5  # MIXTURE_LOSS ce_pull only
     m.POOL = "lse"  # pooling of sub-prompt scores into class scores in training: max | lse | mean
     m.EVAL_POOL = ""  # pooling at inference ("" = POOL)
     m.CLASS_TEMPERATURE = 1.0  # class loss = CE(pool(s) / CLASS_TEMPERATURE); the earlier system: 0.07
@@ -295,6 +296,7 @@ MODE_KEYS = {
     "BALANCE_MOMENTUM": ("BALANCE", ("marginal_entropy",)),
     "SINKHORN_ITERS": ("BALANCE", ("sinkhorn",)),
     "ENTROPY_WEIGHT": ("ENTROPY", ("image_detached", "image")),
+    "PULL_SHARE": ("MIXTURE_LOSS", ("ce_pull",)),
 }
 
 
@@ -570,6 +572,8 @@ def validate_mixprompt_cfg(cfg):
                           "from TAU_START down to TAU_END")
     if not 0.0 <= m.LAMBDA_MIXTURE <= 1.0:
         raise ConfigError(f"{key}.LAMBDA_MIXTURE: must be in [0, 1], got {m.LAMBDA_MIXTURE}")
+    if not 0.0 <= m.PULL_SHARE <= 1.0:
+        raise ConfigError(f"{key}.PULL_SHARE: must be in [0, 1], got {m.PULL_SHARE}")
     if not 0.0 <= m.BALANCE_MOMENTUM < 1.0:
         raise ConfigError(f"{key}.BALANCE_MOMENTUM: must be in [0, 1), got {m.BALANCE_MOMENTUM}")
     for name in ("SIM_SCALE", "CLASS_TEMPERATURE"):

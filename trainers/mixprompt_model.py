@@ -11,9 +11,10 @@ the class's training images (``random_offsets``, ``kmeans_offsets``).
 Objective per batch (``MixPromptObjective``, which the trainer only feeds):
 - E-step: responsibilities gamma[i, k] = softmax_k(a * cos(f_i, t[y_i, k]) / tau), detached targets (or
   balanced targets from an epoch-level Sinkhorn E-step, see ``sinkhorn_balance``);
-- M-step mixture loss: MIXTURE_LOSS ce (the default), cross-entropy of the (class, sub-prompt) pair over all
-  C*K pairs weighted by gamma, so a sub-prompt is pulled toward the images it is responsible for and pushed
-  away from the rest; or pull, the earlier system's pull-only -sum_k gamma s on the own class;
+- M-step mixture loss: MIXTURE_LOSS ce, cross-entropy of the (class, sub-prompt) pair over all C*K pairs
+  weighted by gamma, so a sub-prompt is pulled toward the images it is responsible for and pushed away from
+  the rest; pull, the earlier system's pull-only -sum_k gamma s on the own class; or ce_pull (the default),
+  the two mixed, PULL_SHARE of pull;
 - class loss: cross-entropy of the pooled class scores;  L = LAMBDA * mix + (1 - LAMBDA) * class;
 - regularisers, each carrying gradient to what it must move: L2 on raw offsets; diversity on the final
   features t[c, :] (not on the raw offsets, which can look diverse while t collapses); usage balance on
@@ -33,7 +34,7 @@ TAU_SCHEDULES = ("cosine", "linear", "exponential")
 POOLS = ("max", "lse", "mean")
 DIVERSITY_TYPES = ("none", "cosine", "orthogonal")
 BALANCE_TYPES = ("none", "marginal_entropy", "sinkhorn")
-MIXTURE_LOSSES = ("ce", "pull")
+MIXTURE_LOSSES = ("ce", "pull", "ce_pull")
 OFFSET_REG_REDUCTIONS = ("sum_d", "mean")
 ENTROPY_TYPES = ("none", "image_detached", "image")
 
@@ -88,6 +89,12 @@ def pull_loss(scores, labels, gamma):
     """-sum_k gamma[i, k] s[i, y_i, k], averaged over images: pulls each image's own-class sub-prompts toward
     it in proportion to gamma, pushes nothing away (the earlier system's mixture loss, on raw scores)."""
     return -(gamma * own_class_scores(scores, labels)).sum(dim=-1).mean()
+
+
+def ce_pull_loss(scores, labels, gamma, pull_share):
+    """(1 - pull_share) * ``mixture_loss`` + pull_share * ``pull_loss``: the cross-entropy's push away from the
+    other pairs keeps sub-prompts apart, the pull moves each toward the images the E-step gives it."""
+    return (1 - pull_share) * mixture_loss(scores, labels, gamma) + pull_share * pull_loss(scores, labels, gamma)
 
 
 def class_loss(scores, labels, pool, temperature=1.0):
@@ -236,7 +243,8 @@ class MixPromptObjective:
         + w_ent * (-mean_i H(responsibilities of image i)) [ENTROPY, ENTROPY_WEIGHT]
 
     mixture [MIXTURE_LOSS]: ``ce``, gamma-weighted cross-entropy over all C*K (class, sub-prompt) pairs
-    (``mixture_loss``); ``pull``, -sum_k gamma s on the own class only (``pull_loss``). class: cross-entropy
+    (``mixture_loss``); ``pull``, -sum_k gamma s on the own class only (``pull_loss``); ``ce_pull``, the two
+    mixed with a share ``pull_share`` of pull [PULL_SHARE] (``ce_pull_loss``). class: cross-entropy
     of pool(s) / CLASS_TEMPERATURE [POOL, CLASS_TEMPERATURE]. l2: ``offset_l2`` (sum_d | mean).
     """
     lambda_mixture: float = 0.5
@@ -252,13 +260,14 @@ class MixPromptObjective:
     offset_reg_reduction: str = "sum_d"
     entropy: str = "none"
     entropy_weight: float = 0.0
+    pull_share: float = 0.5
 
     @classmethod
     def from_cfg(cls, m):
         """From a ``TRAINER.MIXPROMPT`` config node."""
         return cls(m.LAMBDA_MIXTURE, m.POOL, m.OFFSET_REG_WEIGHT, m.DIVERSITY, m.DIVERSITY_WEIGHT, m.BALANCE,
                    m.BALANCE_WEIGHT, m.BALANCE_MOMENTUM, m.MIXTURE_LOSS, m.CLASS_TEMPERATURE,
-                   m.OFFSET_REG_REDUCTION, m.ENTROPY, m.ENTROPY_WEIGHT)
+                   m.OFFSET_REG_REDUCTION, m.ENTROPY, m.ENTROPY_WEIGHT, m.PULL_SHARE)
 
     def __call__(self, scores, target, gamma, subprompt_features, offsets, tau=None, running_usage=None, labels=None):
         """(loss, terms) for sub-prompt scores (B, S, K) of the scored classes, each image's position
@@ -267,7 +276,10 @@ class MixPromptObjective:
         class usage (C, K) and the images' classes ``labels`` (B,) (= ``target`` when every class is scored);
         then ``terms["batch_usage"]`` and ``terms["classes"]`` hold what the running estimate is updated
         with (``update_running_usage``)."""
-        loss_mix = (pull_loss if self.mixture == "pull" else mixture_loss)(scores, target, gamma)
+        if self.mixture == "ce_pull":
+            loss_mix = ce_pull_loss(scores, target, gamma, self.pull_share)
+        else:
+            loss_mix = (pull_loss if self.mixture == "pull" else mixture_loss)(scores, target, gamma)
         loss_cls = class_loss(scores, target, self.pool, self.class_temperature)
         loss = self.lambda_mixture * loss_mix + (1 - self.lambda_mixture) * loss_cls
         terms = {"loss_mix": loss_mix.item(), "loss_cls": loss_cls.item()}
