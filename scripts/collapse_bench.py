@@ -52,7 +52,8 @@ PREV_RECIPE = [P + "TRAIN_FEATURES", "augmented", "OPTIM.NAME", "sgd", "OPTIM.LR
 # FEATURES is no train.py run: the row is computed from the frozen image features (ORACLES use the true modes).
 FEATURES = "features"
 ORACLES = ("oracle_mode_means", "oracle_kmeans")
-K_FEATURES = ("kmeans_k", "kmeans_k_balanced")  # FEATURES rows that depend on K (MixPrompt's, not the true M)
+# FEATURES rows that depend on K (MixPrompt's, not the true M)
+K_FEATURES = ("kmeans_k", "kmeans_k_balanced", "nmi_ceiling_balanced")
 SETTINGS = {
     "zeroshot": ("ZeroshotCLIP", COOP, [], "zero-shot CLIP (dataset template)"),
     "linear_probe": ("LinearProbeCLIP", LINEAR_PROBE, [], "linear probe (C on val; 3-fold CV without val)"),
@@ -62,6 +63,8 @@ SETTINGS = {
     "kmeans_k": (FEATURES, "", [], "per-class k-means with k = K: NMI / purity of its nearest-centroid split"),
     "kmeans_k_balanced": (FEATURES, "", [], "the same centroids, each given an equal share of the class's images "
                                             "(what a balanced E-step allows): NMI / purity"),
+    "nmi_ceiling_balanced": (FEATURES, "", [], "BOUND: the highest NMI of any split that gives each of K sub-prompts "
+                                               "an equal share of a class's images, 2 H(mode) / (H(mode) + H(split))"),
     "tip": ("TipAdapter", TIP, [], "Tip-Adapter, training-free (alpha, beta on val when there is one)"),
     "tip_f": ("TipAdapter", TIP, ["TRAINER.TIPADAPTER.FINETUNE", "True", "OPTIM.MAX_EPOCH", "20",
                                   "DATALOADER.TRAIN_X.BATCH_SIZE", "256"], "Tip-Adapter-F, its recipe (20 epochs, batch 256)"),
@@ -352,6 +355,26 @@ def kmeans_mode_recovery(train_x, train_y, train_mode, n_clusters, seed, restart
     return sum(nmis) / len(nmis), sum(purities) / len(purities)
 
 
+def balanced_nmi_ceiling(train_y, train_mode, n_sub):
+    """The highest NMI against the true modes that an assignment giving each of ``n_sub`` sub-prompts an equal
+    share of a class's images (sizes differing by at most one) can reach, per class then averaged. NMI =
+    2 I / (H(mode) + H(split)) and I <= min(H(mode), H(split)); the bound is reached when the split refines
+    the modes (K >= M) or the modes refine the split (K <= M), which equal mode sizes divisible by K allow."""
+    from collections import Counter
+
+    from trainers.mixprompt_diagnostics import entropy_of_counts
+
+    ceilings = []
+    for c in sorted(set(train_y.tolist())):
+        truth = train_mode[train_y == c].tolist()
+        n_groups = min(n_sub, len(truth))
+        size, extra = divmod(len(truth), n_groups)
+        h_mode = entropy_of_counts(Counter(truth).values())
+        h_split = entropy_of_counts([size + 1] * extra + [size] * (n_groups - extra))
+        ceilings.append(1.0 if h_mode + h_split == 0 else 2 * min(h_mode, h_split) / (h_mode + h_split))
+    return sum(ceilings) / len(ceilings)
+
+
 def setting_ks(setting, ks):
     """The K values a setting runs at: every asked K for MixPrompt settings and K_FEATURES rows, else [None]."""
     return ks if SETTINGS[setting][0] == "MixPrompt" or setting in K_FEATURES else [None]
@@ -393,10 +416,11 @@ def feature_references(args, seed, weights, true_mode):
                                                                           test_y)},
             "oracle_kmeans": {"nmi": nmi_value, "purity": purity_value}}
     for k in args.K:
-        for setting in K_FEATURES:
+        for setting in ("kmeans_k", "kmeans_k_balanced"):
             recovered = kmeans_mode_recovery(train_x, train_y, train_mode, k, seed,
                                              balanced=setting == "kmeans_k_balanced")
             refs[reference_key(setting, k)] = dict(zip(("nmi", "purity"), recovered))
+        refs[reference_key("nmi_ceiling_balanced", k)] = {"nmi": balanced_nmi_ceiling(train_y, train_mode, k)}
     refs = {**cached, **refs}  # rows of other K from earlier calls are kept
     os.makedirs(out_dir, exist_ok=True)
     with open(path, "w") as f:
@@ -465,7 +489,8 @@ def main(argv=None):
                "collapsed", "NMI", "purity"]
     print(tabulate(table, headers=headers, tablefmt="github"))
     print(f"collapsed = share of seeds where the collapse rule fires; M = {args.modes} true modes per class; "
-          f"oracle_* rows use the true modes (ORACLES, not methods); wall time {time.time() - started:.0f}s")
+          f"oracle_* rows use the true modes (ORACLES, not methods); nmi_ceiling_balanced is the highest NMI a split "
+          f"with equal shares per sub-prompt can reach (a BOUND); wall time {time.time() - started:.0f}s")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "table": rows, "runs": runs}, f, indent=1)

@@ -1,5 +1,6 @@
 """The collapse benchmark: a dataset with known modes, mode-recovery metrics, and the CLI's verdict."""
 import json
+import math
 import subprocess
 import sys
 
@@ -165,3 +166,22 @@ def test_balanced_assignment_gives_every_cluster_an_equal_share(bench):
     label = torch.zeros(8, dtype=torch.long)
     assert bench.kmeans_mode_recovery(points, label, mode, 2, seed=0)[0] == pytest.approx(1.0)
     assert bench.kmeans_mode_recovery(points, label, mode, 2, seed=0, balanced=True)[0] < 0.7
+
+
+def test_balanced_nmi_ceiling_is_what_a_pure_equal_share_split_scores(bench):
+    import torch
+
+    from trainers.mixprompt_diagnostics import nmi
+
+    # one class of 4 modes x 8 images: 8 equal groups that each hold half of one mode reach the bound 0.8,
+    # a split that mixes modes stays below it, and so does any balanced split at K = 32 or K = 2
+    mode = torch.arange(4).repeat_interleave(8)
+    label = torch.zeros(32, dtype=torch.long)
+    pure_halves = torch.arange(8).repeat_interleave(4).tolist()
+    ceiling = bench.balanced_nmi_ceiling(label, mode, 8)
+    assert ceiling == pytest.approx(2 * math.log(4) / (math.log(4) + math.log(8)))
+    assert nmi(mode.tolist(), pure_halves) == pytest.approx(ceiling)
+    assert nmi(mode.tolist(), [i % 8 for i in range(32)]) < ceiling
+    assert bench.balanced_nmi_ceiling(label, mode, 32) == pytest.approx(2 * math.log(4) / (math.log(4) + math.log(32)))
+    assert bench.balanced_nmi_ceiling(label, mode, 2) == pytest.approx(2 * math.log(2) / (math.log(4) + math.log(2)))
+    assert bench.balanced_nmi_ceiling(label, mode, 4) == pytest.approx(1.0)

@@ -144,7 +144,7 @@ def test_objective_is_the_documented_sum_of_its_terms():
     running = torch.full((n_cls, n_sub), 1 / n_sub)
     objective = mm.MixPromptObjective(lambda_mixture=0.3, pool="max", offset_reg_weight=0.01, diversity="cosine",
                                       diversity_weight=0.2, balance="marginal_entropy", balance_weight=0.5,
-                                      balance_momentum=0.8)
+                                      balance_momentum=0.8, mixture="ce")
     loss, terms = objective(scores, labels, gamma, features, offsets, tau, running)
     # by hand, from the formulas
     log_p = F.log_softmax(scores.reshape(batch, -1), dim=-1).reshape(batch, n_cls, n_sub)

@@ -79,9 +79,20 @@ def test_default_objective_is_todays_objective():
     offsets, feats, scores, labels = _problem()
     gamma = mm.responsibilities(mm.own_class_scores(scores, labels).detach(), 0.5)
     loss, _ = mm.MixPromptObjective(offset_reg_weight=1e-4)(scores, labels, gamma, feats, offsets)
-    expected = (0.5 * mm.mixture_loss(scores, labels, gamma) + 0.5 * F.cross_entropy(mm.pool_scores(scores, "lse"), labels)
+    own = mm.own_class_scores(scores, labels)
+    mixture = 0.5 * mm.mixture_loss(scores, labels, gamma) + 0.5 * -(gamma * own).sum(-1).mean()  # ce_pull, share 0.5
+    expected = (0.5 * mixture + 0.5 * F.cross_entropy(mm.pool_scores(scores, "lse"), labels)
                 + 1e-4 * offsets.pow(2).sum(-1).mean())
-    assert torch.equal(loss, expected)
+    torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.3, 1.0])
+def test_ce_pull_mixes_the_cross_entropy_and_the_pull_by_its_share(share):
+    _, _, scores, labels = _problem()
+    gamma = mm.responsibilities(mm.own_class_scores(scores, labels).detach(), 0.5)
+    mixed = mm.ce_pull_loss(scores, labels, gamma, share)
+    torch.testing.assert_close(mixed, (1 - share) * mm.mixture_loss(scores, labels, gamma)
+                               + share * mm.pull_loss(scores, labels, gamma))
 
 
 def test_seed_objective_term_by_term():
@@ -140,6 +151,9 @@ def test_step_warmup_ramps_the_lr_from_zero_over_the_steps():
     (["TRAINER.MIXPROMPT.ENTROPY_WEIGHT", "0.5"], "TRAINER.MIXPROMPT.ENTROPY_WEIGHT is set"),
     (["TRAINER.MIXPROMPT.CLASS_TEMPERATURE", "0.0"], "TRAINER.MIXPROMPT.CLASS_TEMPERATURE"),
     (["TRAINER.MIXPROMPT.WARMUP_STEPS", "-1"], "TRAINER.MIXPROMPT.WARMUP_STEPS"),
+    (["TRAINER.MIXPROMPT.PULL_SHARE", "1.5"], "TRAINER.MIXPROMPT.PULL_SHARE"),
+    (["TRAINER.MIXPROMPT.MIXTURE_LOSS", "ce", "TRAINER.MIXPROMPT.PULL_SHARE", "0.2"],
+     "TRAINER.MIXPROMPT.PULL_SHARE is set"),
 ])
 def test_bad_seed_keys_stop_at_startup_naming_the_key(build_trainer_for, opts, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

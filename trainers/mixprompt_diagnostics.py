@@ -140,17 +140,18 @@ def class_statistics(subprompt_features, winners, collapse_feature_cos=DEFAULT_C
 
 
 # ------------------------------------------------------------------------------------------ mode recovery
-def _entropy_of_counts(counts):
+def entropy_of_counts(counts):
+    """Entropy (nats) of the distribution given by non-negative counts."""
     total = sum(counts)
     return -sum(c / total * math.log(c / total) for c in counts if c)
 
 
 def nmi(truth, pred):
     """Normalised mutual information (arithmetic normalisation, as scikit-learn's default)."""
-    h_t, h_p = _entropy_of_counts(Counter(truth).values()), _entropy_of_counts(Counter(pred).values())
+    h_t, h_p = entropy_of_counts(Counter(truth).values()), entropy_of_counts(Counter(pred).values())
     if h_t == 0 and h_p == 0:
         return 1.0
-    joint = _entropy_of_counts(Counter(zip(truth, pred)).values())
+    joint = entropy_of_counts(Counter(zip(truth, pred)).values())
     mutual = h_t + h_p - joint
     return 0.0 if h_t + h_p == 0 else max(0.0, 2 * mutual / (h_t + h_p))
 

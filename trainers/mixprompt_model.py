@@ -255,7 +255,7 @@ class MixPromptObjective:
     balance: str = "none"
     balance_weight: float = 0.0
     balance_momentum: float = 0.9
-    mixture: str = "ce"
+    mixture: str = "ce_pull"
     class_temperature: float = 1.0
     offset_reg_reduction: str = "sum_d"
     entropy: str = "none"
