@@ -58,7 +58,8 @@ SETTINGS = {
     "zeroshot": ("ZeroshotCLIP", COOP, [], "zero-shot CLIP (dataset template)"),
     "linear_probe": ("LinearProbeCLIP", LINEAR_PROBE, [], "linear probe (C on val; 3-fold CV without val)"),
     "1nn": (FEATURES, "", [], "1-nearest neighbour (cosine) among the training features"),
-    "oracle_mode_means": (FEATURES, "", [], "ORACLE: nearest true (class, mode) mean of the training features"),
+    "oracle_mode_means": (FEATURES, "", [], "ORACLE: nearest true (class, mode) mean of the training features "
+                                            "(accuracy; NMI / purity of its assignment of the training images)"),
     "oracle_kmeans": (FEATURES, "", [], "ORACLE: per-class k-means (k = M) mode-recovery NMI / purity"),
     "kmeans_k": (FEATURES, "", [], "per-class k-means with k = K: NMI / purity of its nearest-centroid split"),
     "kmeans_k_balanced": (FEATURES, "", [], "the same centroids, each given an equal share of the class's images "
@@ -124,6 +125,7 @@ SETTINGS = {
            ("balance", [P + "BALANCE", "sinkhorn"], "Sinkhorn-balanced E-step"))},
 }
 DEFAULT_SETTINGS = [name for name in SETTINGS if not name.startswith(("fixed-", "fixed+", "fixed_prev+"))]
+REFERENCES_VERSION = 2  # of the FEATURES rows in references.json: 2 added the mode-mean oracle's NMI / purity
 METRICS = ("accuracy", "feature_cos", "offset_cos", "eff_k", "top1_share", "dead", "collapsed", "nmi", "purity")
 ACCURACY = re.compile(r"\* accuracy: ([\d.]+)%")
 
@@ -313,6 +315,26 @@ def nearest_mode_mean_accuracy(train_x, train_y, train_mode, test_x, test_y):
     return (pred == test_y).float().mean().item() * 100
 
 
+def nearest_mode_mean_recovery(train_x, train_y, train_mode):
+    """ORACLE: (NMI, purity) against the true modes of sending each training image to the nearest (cosine) true
+    mode mean of its own class, per class then averaged: the modes that one sub-prompt at each true mode's
+    mean would recover from these features (modes that overlap keep it below 1)."""
+    import torch
+    import torch.nn.functional as F
+
+    from trainers.mixprompt_diagnostics import nmi, purity
+
+    nmis, purities = [], []
+    for c in sorted(set(train_y.tolist())):
+        points, truth = train_x[train_y == c], train_mode[train_y == c]
+        modes = sorted(set(truth.tolist()))
+        means = F.normalize(torch.stack([points[truth == m].mean(0) for m in modes]), dim=-1)  # (M, D)
+        assignment = (points @ means.t()).argmax(dim=1).tolist()
+        nmis.append(nmi(truth.tolist(), assignment))
+        purities.append(purity(truth.tolist(), assignment))
+    return sum(nmis) / len(nmis), sum(purities) / len(purities)
+
+
 def nearest_neighbour_accuracy(train_x, train_y, test_x, test_y):
     """Test accuracy (%) of the class of the nearest (cosine) training feature."""
     return (train_y[(test_x @ train_x.t()).argmax(dim=1)] == test_y).float().mean().item() * 100
@@ -388,7 +410,8 @@ def reference_key(setting, k):
 def feature_references(args, seed, weights, true_mode):
     """The FEATURES rows of one seed (K_FEATURES rows for every ``args.K``), from the frozen image features
     the linear probe uses (test transform, the seed's training split); cached in
-    ``--out/features/seed<S>/references.json`` and recomputed when a row asked for is not there."""
+    ``--out/features/seed<S>/references.json`` and recomputed when a row asked for is not there or the file
+    was written by an older version of these rows (``REFERENCES_VERSION``)."""
     import torch
 
     out_dir = os.path.join(args.out, FEATURES, f"seed{seed}")
@@ -398,7 +421,9 @@ def feature_references(args, seed, weights, true_mode):
     if os.path.isfile(path):
         with open(path) as f:
             cached = json.load(f)
-        if wanted <= set(cached):
+        if cached.get("version") != REFERENCES_VERSION:
+            cached = {}  # rows computed differently then: recompute them all
+        elif wanted <= set(cached):
             return cached, True
     from engine import build_trainer, set_random_seed
     from trainers.cli import build_parser as train_parser, setup_cfg
@@ -413,7 +438,9 @@ def feature_references(args, seed, weights, true_mode):
     nmi_value, purity_value = kmeans_mode_recovery(train_x, train_y, train_mode, args.modes, seed)
     refs = {"1nn": {"accuracy": nearest_neighbour_accuracy(train_x, train_y, test_x, test_y)},
             "oracle_mode_means": {"accuracy": nearest_mode_mean_accuracy(train_x, train_y, train_mode, test_x,
-                                                                          test_y)},
+                                                                          test_y),
+                                  **dict(zip(("nmi", "purity"), nearest_mode_mean_recovery(train_x, train_y,
+                                                                                           train_mode)))},
             "oracle_kmeans": {"nmi": nmi_value, "purity": purity_value}}
     for k in args.K:
         for setting in ("kmeans_k", "kmeans_k_balanced"):
@@ -421,7 +448,7 @@ def feature_references(args, seed, weights, true_mode):
                                              balanced=setting == "kmeans_k_balanced")
             refs[reference_key(setting, k)] = dict(zip(("nmi", "purity"), recovered))
         refs[reference_key("nmi_ceiling_balanced", k)] = {"nmi": balanced_nmi_ceiling(train_y, train_mode, k)}
-    refs = {**cached, **refs}  # rows of other K from earlier calls are kept
+    refs = {**cached, **refs, "version": REFERENCES_VERSION}  # rows of other K from earlier calls are kept
     os.makedirs(out_dir, exist_ok=True)
     with open(path, "w") as f:
         json.dump(refs, f, indent=1)

@@ -91,6 +91,17 @@ def test_bench_cli_original_collapses_fixed_recovers_modes(tmp_path):
          "original", "oracle_kmeans", "--classes", "3", "--modes", "3", "--images-per-mode", "6", "--test-per-mode", "2", "--epochs", "8",
          "--batch-size", "8", "--out", str(out)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert again.stdout.count("(reused)") == 2
+    # references written by an older version of the feature rows are recomputed, not shown as they were
+    references = out / "features" / "seed1" / "references.json"
+    old = json.loads(references.read_text())
+    assert rows["oracle_mode_means"]["nmi"] > 0.5 and old.pop("version") == 2
+    references.write_text(json.dumps(old))
+    refreshed = subprocess.run(
+        [sys.executable, "scripts/collapse_bench.py", "--backbone", "random", "--K", "4", "--seeds", "1", "--settings",
+         "oracle_kmeans", "--classes", "3", "--modes", "3", "--images-per-mode", "6", "--test-per-mode", "2",
+         "--epochs", "8", "--batch-size", "8", "--out", str(out)], cwd=REPO_ROOT, capture_output=True, text=True,
+        timeout=300)
+    assert "(reused)" not in refreshed.stdout and json.loads(references.read_text())["version"] == 2
     # a finished run made with other settings (here: a default changed since) is never reused or overwritten;
     # another trainer's keys do not count
     def edit_record(setting, key, value):
@@ -124,8 +135,10 @@ def test_feature_references_and_oracles_on_known_features(bench):
     assert bench.nearest_mode_mean_accuracy(x, label, mode, test_x, test_y) == pytest.approx(100.0)
     assert bench.nearest_neighbour_accuracy(x, label, test_x, test_y) == pytest.approx(100.0)
     assert bench.kmeans_mode_recovery(x, label, mode, 2, seed=1) == pytest.approx((1.0, 1.0))
+    assert bench.nearest_mode_mean_recovery(x, label, mode) == pytest.approx((1.0, 1.0))
     shuffled = torch.tensor([0, 0, 1, 1] * 4)  # modes unrelated to the clusters: k-means cannot find them
     assert bench.kmeans_mode_recovery(x, label, shuffled, 2, seed=1)[0] < 0.2
+    assert bench.nearest_mode_mean_recovery(x, label, shuffled)[0] < 0.5  # nor can their means
     # a mean per class (one mode) misclassifies when a class's two modes surround another class's mode
     xs, ys, ms = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]), torch.tensor([0, 0, 1]), torch.tensor([0, 1, 0])
     tx, ty = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.7071, 0.7071]]), torch.tensor([0, 0, 1])
