@@ -107,6 +107,22 @@ def test_sinkhorn_balances_usage_even_when_one_subprompt_dominates():
     assert torch.allclose(gamma.sum(0), torch.full((4,), 2.0), atol=1e-3)
 
 
+def test_sinkhorn_power_relaxes_usage_between_balanced_and_plain_responsibilities():
+    g = torch.Generator().manual_seed(0)
+    own = 3.0 * torch.randn(40, 8, generator=g)  # (N, K)
+    plain = mm.responsibilities(own, 0.5)
+    usage_spread = {}
+    for power in (0.0, 0.5, 1.0):
+        gamma = mm.sinkhorn_balance(own, tau=0.5, n_iters=200, marginal_power=power)
+        assert torch.allclose(gamma.sum(1), torch.ones(40), atol=1e-4)
+        usage_spread[power] = float(gamma.sum(0).std())
+    assert torch.allclose(mm.sinkhorn_balance(own, 0.5, 200, 0.0), plain, atol=1e-5)
+    assert usage_spread[1.0] < 1e-3 < usage_spread[0.5] < usage_spread[0.0]
+    # the relaxed iteration has a fixed point of its own: more iterations do not drift toward equal usage
+    assert torch.allclose(mm.sinkhorn_balance(own, 0.5, 200, 0.5), mm.sinkhorn_balance(own, 0.5, 1000, 0.5),
+                          atol=1e-5)
+
+
 def test_diagnostics_flag_the_collapse_signature_and_pass_specialised_subprompts():
     torch.manual_seed(0)
     n_cls, n_sub, dim = 3, 4, 32

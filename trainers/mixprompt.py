@@ -277,6 +277,10 @@ def add_mixprompt_config(cfg):
     m.BALANCE_WEIGHT = 0.1  # marginal_entropy only
     m.BALANCE_MOMENTUM = 0.9  # marginal_entropy only: running estimate of class-level usage
     m.SINKHORN_ITERS = 50  # sinkhorn only
+    # sinkhorn only: 1 = every sub-prompt takes an equal share of its class's images; p < 1 relaxes it (the
+    # unbalanced Sinkhorn of a KL penalty on usage: column scale (share / usage) ** p); 0 = plain softmax.
+    # Relaxing it raised K > M mode recovery and collapsed the random backbone (docs/mixprompt_recipe.md).
+    m.SINKHORN_POWER = 1.0
     # diagnostics: the collapse rule's thresholds (trainers/mixprompt_diagnostics.py says why these values)
     m.COLLAPSE_FEATURE_COS = DEFAULT_COLLAPSE_FEATURE_COS
     m.COLLAPSE_TOP1_SHARE = DEFAULT_COLLAPSE_TOP1_SHARE
@@ -295,6 +299,7 @@ MODE_KEYS = {
     "BALANCE_WEIGHT": ("BALANCE", ("marginal_entropy",)),
     "BALANCE_MOMENTUM": ("BALANCE", ("marginal_entropy",)),
     "SINKHORN_ITERS": ("BALANCE", ("sinkhorn",)),
+    "SINKHORN_POWER": ("BALANCE", ("sinkhorn",)),
     "ENTROPY_WEIGHT": ("ENTROPY", ("image_detached", "image")),
     "PULL_SHARE": ("MIXTURE_LOSS", ("ce_pull",)),
 }
@@ -418,7 +423,7 @@ class MixPrompt(CLIPTrainer):
         gamma = torch.zeros_like(own)
         for c in labels.unique():
             mask = (labels == c).to(self.device)
-            gamma[mask] = mm.sinkhorn_balance(own[mask], tau, m.SINKHORN_ITERS)
+            gamma[mask] = mm.sinkhorn_balance(own[mask], tau, m.SINKHORN_ITERS, m.SINKHORN_POWER)
         table = torch.zeros(int(indices.max()) + 1, own.shape[1], device=self.device)
         table[indices.to(self.device)] = gamma
         return table
@@ -574,6 +579,9 @@ def validate_mixprompt_cfg(cfg):
         raise ConfigError(f"{key}.LAMBDA_MIXTURE: must be in [0, 1], got {m.LAMBDA_MIXTURE}")
     if not 0.0 <= m.PULL_SHARE <= 1.0:
         raise ConfigError(f"{key}.PULL_SHARE: must be in [0, 1], got {m.PULL_SHARE}")
+    if not 0.0 <= m.SINKHORN_POWER <= 1.0:
+        raise ConfigError(f"{key}.SINKHORN_POWER: must be in [0, 1] (1 = equal usage, 0 = unbalanced), "
+                          f"got {m.SINKHORN_POWER}")
     if not 0.0 <= m.BALANCE_MOMENTUM < 1.0:
         raise ConfigError(f"{key}.BALANCE_MOMENTUM: must be in [0, 1), got {m.BALANCE_MOMENTUM}")
     for name in ("SIM_SCALE", "CLASS_TEMPERATURE"):

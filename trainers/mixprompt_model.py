@@ -176,17 +176,27 @@ def usage_balance_loss(soft_gamma, labels, running_usage, momentum):
 
 
 @torch.no_grad()
-def sinkhorn_balance(own_scores, tau, n_iters=50):
+def sinkhorn_balance(own_scores, tau, n_iters=50, marginal_power=1.0):
     """Balanced responsibilities (N, K) for N images of one class: rows sum to one and every sub-prompt
-    receives N / K images' worth of mass (Sinkhorn-Knopp on exp(scores / tau))."""
+    receives N / K images' worth of mass (Sinkhorn-Knopp on exp(scores / tau)). ``marginal_power`` < 1
+    relaxes the column constraint: each column is rescaled by (target / mass) ** power, the unbalanced
+    Sinkhorn update of a KL penalty on the usage; 0 leaves the plain softmax responsibilities."""
     n_img, n_sub = own_scores.shape
     log_q = own_scores.double() / tau
     log_q = log_q - log_q.max()
     q = log_q.exp()
+    if marginal_power == 1.0:
+        for _ in range(n_iters):
+            q = q / q.sum(dim=0, keepdim=True).clamp_min(1e-300) * (n_img / n_sub)
+            q = q / q.sum(dim=1, keepdim=True).clamp_min(1e-300)
+        return q.to(own_scores.dtype)
+    column_scale = torch.ones(n_sub, dtype=q.dtype, device=q.device)  # (K,)
     for _ in range(n_iters):
-        q = q / q.sum(dim=0, keepdim=True).clamp_min(1e-300) * (n_img / n_sub)
-        q = q / q.sum(dim=1, keepdim=True).clamp_min(1e-300)
-    return q.to(own_scores.dtype)
+        row_scale = 1.0 / (q @ column_scale).clamp_min(1e-300)  # (N,): every image's row sums to one
+        mass = (q * row_scale[:, None]).sum(dim=0).clamp_min(1e-300)  # (K,) usage before the column scale
+        column_scale = ((n_img / n_sub) / mass) ** marginal_power
+    q = q * column_scale
+    return (q / q.sum(dim=1, keepdim=True).clamp_min(1e-300)).to(own_scores.dtype)
 
 
 def sample_classes(labels, n_cls, n_sample, generator=None):
