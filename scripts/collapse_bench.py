@@ -51,9 +51,10 @@ PREV_RECIPE = [P + "TRAIN_FEATURES", "augmented", "OPTIM.NAME", "sgd", "OPTIM.LR
 # name -> (trainer, config file, extra opts, description); only MixPrompt settings depend on K. A trainer of
 # FEATURES is no train.py run: the row is computed from the frozen image features (ORACLES use the true modes).
 FEATURES = "features"
-ORACLES = ("oracle_mode_means", "oracle_kmeans")
+ORACLES = ("oracle_mode_means", "oracle_kmeans", "oracle_mode_split", "oracle_mode_split_balanced")
 # FEATURES rows that depend on K (MixPrompt's, not the true M)
-K_FEATURES = ("kmeans_k", "kmeans_k_balanced", "nmi_ceiling_balanced")
+K_FEATURES = ("kmeans_k", "kmeans_k_balanced", "nmi_ceiling_balanced", "oracle_mode_split",
+              "oracle_mode_split_balanced")
 SETTINGS = {
     "zeroshot": ("ZeroshotCLIP", COOP, [], "zero-shot CLIP (dataset template)"),
     "linear_probe": ("LinearProbeCLIP", LINEAR_PROBE, [], "linear probe (C on val; 3-fold CV without val)"),
@@ -64,6 +65,11 @@ SETTINGS = {
     "kmeans_k": (FEATURES, "", [], "per-class k-means with k = K: NMI / purity of its nearest-centroid split"),
     "kmeans_k_balanced": (FEATURES, "", [], "the same centroids, each given an equal share of the class's images "
                                             "(what a balanced E-step allows): NMI / purity"),
+    "oracle_mode_split": (FEATURES, "", [], "ORACLE: K centroids placed inside the true modes (k-means on each "
+                                            "mode's images, K / M per mode): NMI / purity of the nearest-centroid "
+                                            "split, what K sub-prompts could recover (K >= M)"),
+    "oracle_mode_split_balanced": (FEATURES, "", [], "ORACLE: the same centroids, each given an equal share of the "
+                                                     "class's images: NMI / purity (K >= M)"),
     "nmi_ceiling_balanced": (FEATURES, "", [], "BOUND: the highest NMI of any split that gives each of K sub-prompts "
                                                "an equal share of a class's images, 2 H(mode) / (H(mode) + H(split))"),
     "tip": ("TipAdapter", TIP, [], "Tip-Adapter, training-free (alpha, beta on val when there is one)"),
@@ -125,7 +131,8 @@ SETTINGS = {
            ("balance", [P + "BALANCE", "sinkhorn"], "Sinkhorn-balanced E-step"))},
 }
 DEFAULT_SETTINGS = [name for name in SETTINGS if not name.startswith(("fixed-", "fixed+", "fixed_prev+"))]
-REFERENCES_VERSION = 2  # of the FEATURES rows in references.json: 2 added the mode-mean oracle's NMI / purity
+# of the FEATURES rows in references.json: 2 added the mode-mean oracle's NMI / purity, 3 the mode-split oracles
+REFERENCES_VERSION = 3
 METRICS = ("accuracy", "feature_cos", "offset_cos", "eff_k", "top1_share", "dead", "collapsed", "nmi", "purity")
 ACCURACY = re.compile(r"\* accuracy: ([\d.]+)%")
 
@@ -377,6 +384,47 @@ def kmeans_mode_recovery(train_x, train_y, train_mode, n_clusters, seed, restart
     return sum(nmis) / len(nmis), sum(purities) / len(purities)
 
 
+def centroids_per_mode(mode_sizes, n_sub):
+    """How many of ``n_sub`` centroids each true mode of a class gets (``mode_sizes``: images per mode, in mode
+    order): n_sub // M each, the remainder one each to the largest modes, at most one per image. None when
+    n_sub < M (no split of fewer sub-prompts than modes lies inside the modes)."""
+    n_modes = len(mode_sizes)
+    if n_sub < n_modes:
+        return None
+    counts = [n_sub // n_modes] * n_modes
+    for m in sorted(range(n_modes), key=lambda m: (-mode_sizes[m], m))[:n_sub % n_modes]:
+        counts[m] += 1
+    return [min(count, size) for count, size in zip(counts, mode_sizes)]
+
+
+def mode_split_recovery(train_x, train_y, train_mode, n_sub, seed, restarts=10, balanced=False):
+    """ORACLE: (NMI, purity) against the true modes of a split into ``n_sub`` groups whose centroids are put
+    inside the true modes (``centroids_per_mode`` of them per mode, by k-means on that mode's images, the
+    lowest-inertia of ``restarts`` seeded runs), each image sent to its nearest centroid or, ``balanced``,
+    under equal shares (``balanced_assignment``); per class, then averaged. (None, None) when ``n_sub`` < M.
+    It tells what K sub-prompts could recover from these features if they knew the modes."""
+    import torch
+
+    from trainers.mixprompt_diagnostics import nmi, purity
+    from trainers.mixprompt_model import kmeans
+
+    generator = torch.Generator().manual_seed(seed)
+    nmis, purities = [], []
+    for c in sorted(set(train_y.tolist())):
+        points, truth = train_x[train_y == c], train_mode[train_y == c]
+        modes = sorted(set(truth.tolist()))
+        counts = centroids_per_mode([int((truth == m).sum()) for m in modes], n_sub)
+        if counts is None:
+            return None, None
+        centroids = torch.cat([kmeans(points[truth == m], n, generator=generator, restarts=restarts)
+                               for m, n in zip(modes, counts)])  # (<= n_sub, D)
+        distances = torch.cdist(points, centroids)
+        assignment = (balanced_assignment(distances) if balanced else distances.argmin(dim=1)).tolist()
+        nmis.append(nmi(truth.tolist(), assignment))
+        purities.append(purity(truth.tolist(), assignment))
+    return sum(nmis) / len(nmis), sum(purities) / len(purities)
+
+
 def balanced_nmi_ceiling(train_y, train_mode, n_sub):
     """The highest NMI against the true modes that an assignment giving each of ``n_sub`` sub-prompts an equal
     share of a class's images (sizes differing by at most one) can reach, per class then averaged. NMI =
@@ -446,6 +494,10 @@ def feature_references(args, seed, weights, true_mode):
         for setting in ("kmeans_k", "kmeans_k_balanced"):
             recovered = kmeans_mode_recovery(train_x, train_y, train_mode, k, seed,
                                              balanced=setting == "kmeans_k_balanced")
+            refs[reference_key(setting, k)] = dict(zip(("nmi", "purity"), recovered))
+        for setting in ("oracle_mode_split", "oracle_mode_split_balanced"):
+            recovered = mode_split_recovery(train_x, train_y, train_mode, k, seed,
+                                            balanced=setting == "oracle_mode_split_balanced")
             refs[reference_key(setting, k)] = dict(zip(("nmi", "purity"), recovered))
         refs[reference_key("nmi_ceiling_balanced", k)] = {"nmi": balanced_nmi_ceiling(train_y, train_mode, k)}
     refs = {**cached, **refs, "version": REFERENCES_VERSION}  # rows of other K from earlier calls are kept

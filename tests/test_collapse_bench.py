@@ -70,7 +70,8 @@ def test_bench_cli_original_collapses_fixed_recovers_modes(tmp_path):
     out = tmp_path / "bench"
     proc = subprocess.run(
         [sys.executable, "scripts/collapse_bench.py", "--backbone", "random", "--K", "4", "--seeds", "1", "--settings",
-         "original", "fixed", "1nn", "oracle_mode_means", "oracle_kmeans", "kmeans_k", "kmeans_k_balanced", "tip", "--classes", "3", "--modes", "3",
+         "original", "fixed", "1nn", "oracle_mode_means", "oracle_kmeans", "kmeans_k", "kmeans_k_balanced",
+         "oracle_mode_split", "oracle_mode_split_balanced", "tip", "--classes", "3", "--modes", "3",
          "--images-per-mode", "6", "--test-per-mode", "2", "--epochs", "8",
          "--batch-size", "8", "--out", str(out), "--json", str(out / "bench.json")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
@@ -82,6 +83,7 @@ def test_bench_cli_original_collapses_fixed_recovers_modes(tmp_path):
     # K 4 clusters for 3 modes of 6 images: a split finer than the modes, balanced at most 5 images a cluster
     assert rows["kmeans_k"]["K"] == 4 and rows["kmeans_k"]["purity"] > 0.9
     assert rows["kmeans_k_balanced"]["nmi"] <= rows["kmeans_k"]["nmi"] + 1e-9
+    assert rows["oracle_mode_split"]["purity"] > 0.9 and rows["oracle_mode_split_balanced"]["nmi"] is not None
     original, fixed = rows["original"], rows["fixed"]
     assert original["collapsed"] == 1.0 and original["eff_k"] < 1.3 and original["nmi"] < 0.2
     assert fixed["collapsed"] == 0.0 and fixed["eff_k"] > 2.0 and fixed["nmi"] > original["nmi"] + 0.3
@@ -94,14 +96,14 @@ def test_bench_cli_original_collapses_fixed_recovers_modes(tmp_path):
     # references written by an older version of the feature rows are recomputed, not shown as they were
     references = out / "features" / "seed1" / "references.json"
     old = json.loads(references.read_text())
-    assert rows["oracle_mode_means"]["nmi"] > 0.5 and old.pop("version") == 2
+    assert rows["oracle_mode_means"]["nmi"] > 0.5 and old.pop("version") == 3
     references.write_text(json.dumps(old))
     refreshed = subprocess.run(
         [sys.executable, "scripts/collapse_bench.py", "--backbone", "random", "--K", "4", "--seeds", "1", "--settings",
          "oracle_kmeans", "--classes", "3", "--modes", "3", "--images-per-mode", "6", "--test-per-mode", "2",
          "--epochs", "8", "--batch-size", "8", "--out", str(out)], cwd=REPO_ROOT, capture_output=True, text=True,
         timeout=300)
-    assert "(reused)" not in refreshed.stdout and json.loads(references.read_text())["version"] == 2
+    assert "(reused)" not in refreshed.stdout and json.loads(references.read_text())["version"] == 3
     # a finished run made with other settings (here: a default changed since) is never reused or overwritten;
     # another trainer's keys do not count
     def edit_record(setting, key, value):
@@ -179,6 +181,26 @@ def test_balanced_assignment_gives_every_cluster_an_equal_share(bench):
     label = torch.zeros(8, dtype=torch.long)
     assert bench.kmeans_mode_recovery(points, label, mode, 2, seed=0)[0] == pytest.approx(1.0)
     assert bench.kmeans_mode_recovery(points, label, mode, 2, seed=0, balanced=True)[0] < 0.7
+
+
+def test_mode_split_oracle_puts_centroids_inside_each_true_mode(bench):
+    import torch
+
+    assert bench.centroids_per_mode([8, 8, 8, 8], 8) == [2, 2, 2, 2]
+    assert bench.centroids_per_mode([5, 3, 2], 7) == [3, 2, 2]  # the remainder to the largest mode
+    assert bench.centroids_per_mode([5, 3, 1], 7) == [3, 2, 1]  # never more centroids than images
+    assert bench.centroids_per_mode([5, 3, 1], 2) is None  # fewer sub-prompts than modes
+    # one class, two modes of two lobes each; mode 0's lobes lie either side of mode 1, so one centroid per
+    # mode (k-means with k = M) cannot separate them, two per mode can
+    points = torch.tensor([[0.0], [0.1], [8.0], [8.1], [5.0], [5.1], [5.2], [5.3]])
+    mode = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    label = torch.zeros(8, dtype=torch.long)
+    nmi_split, purity_split = bench.mode_split_recovery(points, label, mode, 4, seed=0)
+    assert purity_split == pytest.approx(1.0)
+    assert nmi_split == pytest.approx(bench.balanced_nmi_ceiling(label, mode, 4))  # pure equal quarters: the bound
+    assert bench.mode_split_recovery(points, label, mode, 4, seed=0, balanced=True)[1] == pytest.approx(1.0)
+    assert bench.kmeans_mode_recovery(points, label, mode, 2, seed=0)[1] < 1.0
+    assert bench.mode_split_recovery(points, label, mode, 1, seed=0) == (None, None)
 
 
 def test_balanced_nmi_ceiling_is_what_a_pure_equal_share_split_scores(bench):
