@@ -325,7 +325,8 @@ def nearest_mode_mean_accuracy(train_x, train_y, train_mode, test_x, test_y):
 def nearest_mode_mean_recovery(train_x, train_y, train_mode):
     """ORACLE: (NMI, purity) against the true modes of sending each training image to the nearest (cosine) true
     mode mean of its own class, per class then averaged: the modes that one sub-prompt at each true mode's
-    mean would recover from these features (modes that overlap keep it below 1)."""
+    mean would recover from these features (modes that overlap, or spread beyond one blob around their mean, keep it
+    below 1)."""
     import torch
     import torch.nn.functional as F
 
