@@ -178,9 +178,10 @@ def usage_balance_loss(soft_gamma, labels, running_usage, momentum):
 @torch.no_grad()
 def sinkhorn_balance(own_scores, tau, n_iters=50, marginal_power=1.0):
     """Balanced responsibilities (N, K) for N images of one class: rows sum to one and every sub-prompt
-    receives N / K images' worth of mass (Sinkhorn-Knopp on exp(scores / tau)). ``marginal_power`` < 1
-    relaxes the column constraint: each column is rescaled by (target / mass) ** power, the unbalanced
-    Sinkhorn update of a KL penalty on the usage; 0 leaves the plain softmax responsibilities."""
+    receives N / K images' worth of mass (Sinkhorn-Knopp on exp(scores / tau)). ``marginal_power`` p < 1
+    relaxes the column constraint: rows stay exact, and each column's scale is (N / K / usage) ** p, the usage
+    taken before that scale; iterated to its fixed point, this is the semi-relaxed Sinkhorn of a KL penalty of
+    weight rho on the usage, p = rho / (rho + tau). p = 0 leaves the plain softmax responsibilities."""
     n_img, n_sub = own_scores.shape
     log_q = own_scores.double() / tau
     log_q = log_q - log_q.max()
