@@ -49,9 +49,8 @@ P = "TRAINER.MIXPROMPT."
 PREV_RECIPE = [P + "TRAIN_FEATURES", "augmented", "OPTIM.NAME", "sgd", "OPTIM.LR", "0.002", "OPTIM.WARMUP_EPOCH", "1",
                P + "MIXTURE_LOSS", "ce"]
 # name -> (trainer, config file, extra opts, description); only MixPrompt settings depend on K. A trainer of
-# FEATURES is no train.py run: the row is computed from the frozen image features (ORACLES use the true modes).
+# FEATURES is no train.py run: the row is computed from the frozen image features (oracle_* rows use the true modes).
 FEATURES = "features"
-ORACLES = ("oracle_mode_means", "oracle_kmeans", "oracle_mode_split", "oracle_mode_split_balanced")
 # FEATURES rows that depend on K (MixPrompt's, not the true M)
 K_FEATURES = ("kmeans_k", "kmeans_k_balanced", "nmi_ceiling_balanced", "oracle_mode_split",
               "oracle_mode_split_balanced")
@@ -325,8 +324,8 @@ def nearest_mode_mean_accuracy(train_x, train_y, train_mode, test_x, test_y):
 def nearest_mode_mean_recovery(train_x, train_y, train_mode):
     """ORACLE: (NMI, purity) against the true modes of sending each training image to the nearest (cosine) true
     mode mean of its own class, per class then averaged: the modes that one sub-prompt at each true mode's
-    mean would recover from these features (modes that overlap, or spread beyond one blob around their mean, keep it
-    below 1)."""
+    mean would recover from these features (modes that overlap, or spread beyond one blob around their mean,
+    keep it below 1)."""
     import torch
     import torch.nn.functional as F
 
