@@ -48,6 +48,9 @@ P = "TRAINER.MIXPROMPT."
 # the fixed defaults' recipe before docs/mixprompt_recipe.md's changes, as opts on top of MP
 PREV_RECIPE = [P + "TRAIN_FEATURES", "augmented", "OPTIM.NAME", "sgd", "OPTIM.LR", "0.002", "OPTIM.WARMUP_EPOCH", "1",
                P + "MIXTURE_LOSS", "ce"]
+# in a setting's opts: the path of the (C, K, D) oracle_mode_split centroids of the run's seed and K (written
+# by ``oracle_centroids_file`` before the run)
+ORACLE_CENTROIDS = "<oracle_mode_split centroids>"
 # name -> (trainer, config file, extra opts, description); only MixPrompt settings depend on K. A trainer of
 # FEATURES is no train.py run: the row is computed from the frozen image features (oracle_* rows use the true modes).
 FEATURES = "features"
@@ -100,6 +103,9 @@ SETTINGS = {
                         "previous fixed defaults with Adam lr 0.01 (augmented views)"),
     "fixed+warmup": ("MixPrompt", MP, ["OPTIM.WARMUP_EPOCH", "1"], "fixed with one constant warm-up epoch (lr 1e-5)"),
     "fixed+sgd": ("MixPrompt", MP, ["OPTIM.NAME", "sgd", "OPTIM.LR", "0.002"], "fixed with SGD lr 0.002"),
+    "oracle_init": ("MixPrompt", MP, [P + "INIT", "features", P + "INIT_FEATURES_FILE", ORACLE_CENTROIDS],
+                    "ORACLE: the fixed defaults started with each sub-prompt at an oracle_mode_split centroid "
+                    "(uses the true modes; K >= M)"),
     "fixed+ce": ("MixPrompt", MP, [P + "MIXTURE_LOSS", "ce"],
                  "fixed with the cross-entropy mixture loss alone (the fixed defaults until ce_pull)"),
     "fixed+pull": ("MixPrompt", MP, [P + "MIXTURE_LOSS", "pull"],
@@ -129,7 +135,8 @@ SETTINGS = {
            ("tau", [P + "TAU_END", "0.3"], "final tau 0.3"),
            ("balance", [P + "BALANCE", "sinkhorn"], "Sinkhorn-balanced E-step"))},
 }
-DEFAULT_SETTINGS = [name for name in SETTINGS if not name.startswith(("fixed-", "fixed+", "fixed_prev+"))]
+DEFAULT_SETTINGS = [name for name in SETTINGS
+                    if not name.startswith(("fixed-", "fixed+", "fixed_prev+")) and name != "oracle_init"]
 # of the FEATURES rows in references.json: 2 added the mode-mean oracle's NMI / purity, 3 the mode-split oracles
 REFERENCES_VERSION = 3
 METRICS = ("accuracy", "feature_cos", "offset_cos", "eff_k", "top1_share", "dead", "collapsed", "nmi", "purity")
@@ -181,6 +188,7 @@ def data_opts(args):
 
 def train_argv(args, setting, k, seed, out_dir, weights):
     trainer, config, extra, _ = SETTINGS[setting]
+    extra = [oracle_centroids_path(args, seed, k) if opt == ORACLE_CENTROIDS else opt for opt in extra]
     opts = ["MODEL.BACKBONE.NAME", weights, "OPTIM.MAX_EPOCH", str(args.epochs), "DATALOADER.NUM_WORKERS", "0",
             "DATALOADER.TRAIN_X.BATCH_SIZE", str(args.batch_size), "DATALOADER.TEST.BATCH_SIZE", "100",
             "TRAIN.PRINT_FREQ", "1000", *data_opts(args), *extra, *args.opts]
@@ -397,27 +405,42 @@ def centroids_per_mode(mode_sizes, n_sub):
     return [min(count, size) for count, size in zip(counts, mode_sizes)]
 
 
-def mode_split_recovery(train_x, train_y, train_mode, n_sub, seed, restarts=10, balanced=False):
-    """ORACLE: (NMI, purity) against the true modes of a split into ``n_sub`` groups whose centroids are put
-    inside the true modes (``centroids_per_mode`` of them per mode, by k-means on that mode's images, the
-    lowest-inertia of ``restarts`` seeded runs), each image sent to its nearest centroid or, ``balanced``,
-    under equal shares (``balanced_assignment``); per class, then averaged. (None, None) when ``n_sub`` < M.
-    It tells what K sub-prompts could recover from these features if they knew the modes."""
+def mode_split_centroids(train_x, train_y, train_mode, n_sub, seed, restarts=10):
+    """{class: centroids (<= n_sub, D)} put inside the true modes of each class: ``centroids_per_mode`` of them
+    per mode, by k-means on that mode's images (the lowest-inertia of ``restarts`` seeded runs). None when
+    ``n_sub`` < M."""
     import torch
 
-    from trainers.mixprompt_diagnostics import nmi, purity
     from trainers.mixprompt_model import kmeans
 
     generator = torch.Generator().manual_seed(seed)
-    nmis, purities = [], []
+    centroids = {}
     for c in sorted(set(train_y.tolist())):
         points, truth = train_x[train_y == c], train_mode[train_y == c]
         modes = sorted(set(truth.tolist()))
         counts = centroids_per_mode([int((truth == m).sum()) for m in modes], n_sub)
         if counts is None:
-            return None, None
-        centroids = torch.cat([kmeans(points[truth == m], n, generator=generator, restarts=restarts)
-                               for m, n in zip(modes, counts)])  # (<= n_sub, D)
+            return None
+        centroids[c] = torch.cat([kmeans(points[truth == m], n, generator=generator, restarts=restarts)
+                                  for m, n in zip(modes, counts)])
+    return centroids
+
+
+def mode_split_recovery(train_x, train_y, train_mode, n_sub, seed, restarts=10, balanced=False):
+    """ORACLE: (NMI, purity) against the true modes of the split into the ``mode_split_centroids``, each image
+    sent to its nearest centroid or, ``balanced``, under equal shares (``balanced_assignment``); per class,
+    then averaged. (None, None) when ``n_sub`` < M. It tells what K sub-prompts could recover from these
+    features if they knew the modes."""
+    import torch
+
+    from trainers.mixprompt_diagnostics import nmi, purity
+
+    split = mode_split_centroids(train_x, train_y, train_mode, n_sub, seed, restarts)
+    if split is None:
+        return None, None
+    nmis, purities = [], []
+    for c, centroids in split.items():
+        points, truth = train_x[train_y == c], train_mode[train_y == c]
         distances = torch.cdist(points, centroids)
         assignment = (balanced_assignment(distances) if balanced else distances.argmin(dim=1)).tolist()
         nmis.append(nmi(truth.tolist(), assignment))
@@ -455,13 +478,53 @@ def reference_key(setting, k):
     return setting if k is None else f"{setting}@K{k}"
 
 
+def frozen_features(args, seed, weights, true_mode):
+    """(train_x, train_y, train_mode, test_x, test_y): the frozen image features the linear probe uses (test
+    transform, the seed's training split), their classes and the training images' true modes."""
+    import torch
+
+    from engine import build_trainer, set_random_seed
+    from trainers.cli import build_parser as train_parser, setup_cfg
+
+    out_dir = os.path.join(args.out, FEATURES, f"seed{seed}")
+    cfg = setup_cfg(train_parser().parse_args(train_argv(args, "linear_probe", None, seed, out_dir, weights)))
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        set_random_seed(cfg.SEED)
+        trainer = build_trainer(cfg)
+        train_x, train_y = trainer.features("train")
+        test_x, test_y = trainer.features("test")
+    train_mode = torch.tensor([true_mode[item.impath] for item in trainer.dm.dataset.train_x])
+    return train_x, train_y, train_mode, test_x, test_y
+
+
+def oracle_centroids_path(args, seed, k):
+    return os.path.join(os.path.abspath(args.out), FEATURES, f"seed{seed}", f"oracle_mode_split_K{k}.pt")
+
+
+def write_oracle_centroids(args, seed, k, weights, true_mode):
+    """Write (once) the (C, K, D) tensor of ``mode_split_centroids`` for the seed and K that ``oracle_init``
+    starts from; a class with fewer centroids than K (modes smaller than K / M) repeats them in turn."""
+    import torch
+
+    path = oracle_centroids_path(args, seed, k)
+    if os.path.isfile(path):
+        return path
+    train_x, train_y, train_mode, _, _ = frozen_features(args, seed, weights, true_mode)
+    split = mode_split_centroids(train_x, train_y, train_mode, k, seed)
+    if split is None:
+        raise SystemExit(f"ERROR: oracle_init puts K / M sub-prompts inside each true mode: it needs K >= M "
+                         f"(--modes {args.modes}), got K {k}")
+    table = torch.stack([split[c][torch.arange(k) % len(split[c])] for c in sorted(split)])  # (C, K, D)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save(table, path)
+    return path
+
+
 def feature_references(args, seed, weights, true_mode):
     """The FEATURES rows of one seed (K_FEATURES rows for every ``args.K``), from the frozen image features
     the linear probe uses (test transform, the seed's training split); cached in
     ``--out/features/seed<S>/references.json`` and recomputed when a row asked for is not there or the file
     was written by an older version of these rows (``REFERENCES_VERSION``)."""
-    import torch
-
     out_dir = os.path.join(args.out, FEATURES, f"seed{seed}")
     path = os.path.join(out_dir, "references.json")
     wanted = {reference_key(s, k) for s in SETTINGS if SETTINGS[s][0] == FEATURES for k in setting_ks(s, args.K)}
@@ -473,16 +536,7 @@ def feature_references(args, seed, weights, true_mode):
             cached = {}  # rows computed differently then: recompute them all
         elif wanted <= set(cached):
             return cached, True
-    from engine import build_trainer, set_random_seed
-    from trainers.cli import build_parser as train_parser, setup_cfg
-
-    cfg = setup_cfg(train_parser().parse_args(train_argv(args, "linear_probe", None, seed, out_dir, weights)))
-    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-        set_random_seed(cfg.SEED)
-        trainer = build_trainer(cfg)
-        train_x, train_y = trainer.features("train")
-        test_x, test_y = trainer.features("test")
-    train_mode = torch.tensor([true_mode[item.impath] for item in trainer.dm.dataset.train_x])
+    train_x, train_y, train_mode, test_x, test_y = frozen_features(args, seed, weights, true_mode)
     nmi_value, purity_value = kmeans_mode_recovery(train_x, train_y, train_mode, args.modes, seed)
     refs = {"1nn": {"accuracy": nearest_neighbour_accuracy(train_x, train_y, test_x, test_y)},
             "oracle_mode_means": {"accuracy": nearest_mode_mean_accuracy(train_x, train_y, train_mode, test_x,
@@ -524,22 +578,28 @@ def main(argv=None):
     started = time.time()
     true_mode = None
     references = {}
+    def benchmark_true_modes(seed):
+        argv_data = train_argv(args, "linear_probe", None, seed, os.path.join(args.out, FEATURES), weights)
+        cfg = setup_cfg(train_parser().parse_args(argv_data))
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            from engine.data.manager import build_dataset  # generates the data when missing
+            build_dataset(cfg)
+        return true_modes(args, cfg)
+
     for i, ((setting, k), seed) in enumerate(((p, s) for p in plan for s in args.seeds), start=1):
         t0 = time.time()
         if SETTINGS[setting][0] == FEATURES:
             if true_mode is None:
-                argv_data = train_argv(args, "linear_probe", None, seed, os.path.join(args.out, FEATURES), weights)
-                cfg = setup_cfg(train_parser().parse_args(argv_data))
-                with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-                    from engine.data.manager import build_dataset  # generates the data when missing
-                    build_dataset(cfg)
-                true_mode = true_modes(args, cfg)
+                true_mode = benchmark_true_modes(seed)
             if seed not in references:
                 references[seed] = feature_references(args, seed, weights, true_mode)
             result, reused = references[seed][0][reference_key(setting, k)], references[seed][1]
             out_dir = os.path.join(args.out, FEATURES, f"seed{seed}")
         else:
             out_dir = os.path.join(args.out, setting, f"k{k}" if k else "single", f"seed{seed}")
+            if ORACLE_CENTROIDS in SETTINGS[setting][2]:
+                true_mode = true_mode or benchmark_true_modes(seed)
+                write_oracle_centroids(args, seed, k, weights, true_mode)
             argv_run = train_argv(args, setting, k, seed, out_dir, weights)
             reused = reusable(out_dir, argv_run)
             if not reused:

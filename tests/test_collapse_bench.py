@@ -67,11 +67,13 @@ def test_synthetic_dataset_has_known_modes_imbalance_and_separation(tmp_path):
 
 
 def test_bench_cli_original_collapses_fixed_recovers_modes(tmp_path):
+    import torch
+
     out = tmp_path / "bench"
     proc = subprocess.run(
         [sys.executable, "scripts/collapse_bench.py", "--backbone", "random", "--K", "4", "--seeds", "1", "--settings",
          "original", "fixed", "1nn", "oracle_mode_means", "oracle_kmeans", "kmeans_k", "kmeans_k_balanced",
-         "oracle_mode_split", "oracle_mode_split_balanced", "tip", "--classes", "3", "--modes", "3",
+         "oracle_mode_split", "oracle_mode_split_balanced", "oracle_init", "tip", "--classes", "3", "--modes", "3",
          "--images-per-mode", "6", "--test-per-mode", "2", "--epochs", "8",
          "--batch-size", "8", "--out", str(out), "--json", str(out / "bench.json")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
@@ -84,6 +86,9 @@ def test_bench_cli_original_collapses_fixed_recovers_modes(tmp_path):
     assert rows["kmeans_k"]["K"] == 4 and rows["kmeans_k"]["purity"] > 0.9
     assert rows["kmeans_k_balanced"]["nmi"] <= rows["kmeans_k"]["nmi"] + 1e-9
     assert rows["oracle_mode_split"]["purity"] > 0.9 and rows["oracle_mode_split_balanced"]["nmi"] is not None
+    # oracle_init: MixPrompt started at the oracle_mode_split centroids (written once per seed and K, (C, K, D))
+    centroids = torch.load(out / "features" / "seed1" / "oracle_mode_split_K4.pt")
+    assert centroids.shape[:2] == (3, 4) and rows["oracle_init"]["accuracy"] is not None
     original, fixed = rows["original"], rows["fixed"]
     assert original["collapsed"] == 1.0 and original["eff_k"] < 1.3 and original["nmi"] < 0.2
     assert fixed["collapsed"] == 0.0 and fixed["eff_k"] > 2.0 and fixed["nmi"] > original["nmi"] + 0.3

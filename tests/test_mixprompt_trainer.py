@@ -101,6 +101,9 @@ def test_eval_cache_matches_uncached_and_is_invalidated_by_a_step_and_a_load(bui
     (["TRAINER.MIXPROMPT.BALANCE", "none", "TRAINER.MIXPROMPT.SINKHORN_ITERS", "10"], "SINKHORN_ITERS"),
     (["TRAINER.MIXPROMPT.DIVERSITY", "none", "TRAINER.MIXPROMPT.DIVERSITY_WEIGHT", "0.5"], "DIVERSITY_WEIGHT"),
     (["TRAINER.MIXPROMPT.TRAIN_FEATURES", "views"], "TRAINER.MIXPROMPT.TRAIN_FEATURES"),
+    (["TRAINER.MIXPROMPT.INIT", "features"], "TRAINER.MIXPROMPT.INIT_FEATURES_FILE"),  # no file given
+    (["TRAINER.MIXPROMPT.INIT_FEATURES_FILE", "start.pt"], "TRAINER.MIXPROMPT.INIT_FEATURES_FILE is set"),
+    (["TRAINER.MIXPROMPT.OFFSET_SPACE", "token", "TRAINER.MIXPROMPT.INIT", "features"], "TRAINER.MIXPROMPT.INIT"),
     # cached augmented views would be computed and never used by the clean M-step
     (["TRAINER.MIXPROMPT.TRAIN_FEATURES", "clean", "TRAINER.MIXPROMPT.FEATURE_CACHE_VIEWS", "2"],
      "TRAINER.MIXPROMPT.FEATURE_CACHE_VIEWS"),
@@ -108,6 +111,23 @@ def test_eval_cache_matches_uncached_and_is_invalidated_by_a_step_and_a_load(bui
 def test_bad_mixprompt_settings_stop_at_startup_naming_the_key(build_trainer_for, opts, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("/", "/")):
         build_trainer_for("MixPrompt", config=MP, opts=opts)
+
+
+def test_init_features_starts_every_subprompt_at_the_given_feature(build_trainer_for, tmp_path):
+    opts = ["TRAINER.MIXPROMPT.K", "3"]
+    n_cls, n_sub, dim = build_trainer_for("MixPrompt", config=MP, opts=opts).model.prompt_learner.offsets.shape
+    start = torch.randn(n_cls, n_sub, dim, generator=torch.Generator().manual_seed(0)) * 5  # (C, K, D), any norm
+    torch.save(start, tmp_path / "start.pt")
+    features_opts = opts + ["TRAINER.MIXPROMPT.INIT", "features", "TRAINER.MIXPROMPT.INIT_FEATURES_FILE",
+                            str(tmp_path / "start.pt")]
+    trainer = build_trainer_for("MixPrompt", config=MP, opts=features_opts)
+    initial = trainer.model.text_features().detach().float().cpu()  # (C, K, D)
+    assert torch.allclose(initial, torch.nn.functional.normalize(start, dim=-1), atol=1e-3)
+    torch.save(start[:, :2], tmp_path / "wrong.pt")
+    with pytest.raises(ConfigError, match=r"INIT_FEATURES_FILE.*wrong\.pt.*\(classes, K, D\)"):
+        build_trainer_for("MixPrompt", config=MP, opts=features_opts[:-1] + [str(tmp_path / "wrong.pt")])
+    with pytest.raises(ConfigError, match=r"INIT features .* needs TRAINER\.MIXPROMPT\.SCOPE class"):
+        build_trainer_for("MixPrompt", config=MP, opts=features_opts + ["TRAINER.MIXPROMPT.SCOPE", "shared"])
 
 
 @pytest.mark.parametrize("source", ["auto", "clean", "augmented"])

@@ -31,7 +31,7 @@ from .templates import IMAGENET_TEMPLATES_SELECT, dataset_template, format_class
 OFFSET_SPACES = ("feature", "token")
 SCOPES = ("class", "shared")
 TEMPLATE_SETS = ("dataset", "ensemble", "hierarchical")
-INITS = ("auto", "random", "random_coordinate", "templates", "kmeans")
+INITS = ("auto", "random", "random_coordinate", "templates", "kmeans", "features")
 TRAIN_FEATURE_SOURCES = ("auto", "clean", "augmented")
 DIAGNOSTICS_FILE = "diagnostics.jsonl"
 SUMMARY_FILE = "diagnostics_summary.json"
@@ -186,6 +186,21 @@ def resolve_init(init, offset_space):
     return init
 
 
+def load_init_features(path, shape):
+    """The (C, K, D) tensor of INIT_FEATURES_FILE, checked against the sub-prompts' ``shape``."""
+    key = "TRAINER.MIXPROMPT.INIT_FEATURES_FILE"
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ConfigError(f'{key}: cannot read "{path}" as a torch file ({type(exc).__name__}: {exc})') from exc
+    if not isinstance(loaded, torch.Tensor) or tuple(loaded.shape) != tuple(shape):
+        got = tuple(loaded.shape) if isinstance(loaded, torch.Tensor) else type(loaded).__name__
+        raise ConfigError(f'{key}: "{path}" must hold one tensor of shape (classes, K, D) = {tuple(shape)}, got {got}')
+    if not torch.isfinite(loaded).all() or (loaded.norm(dim=-1) == 0).any():
+        raise ConfigError(f'{key}: "{path}" holds non-finite or zero feature vectors')
+    return loaded
+
+
 def template_offsets(text_encoder, dataset_name, classnames, metadata, base, n_sub, scope, scale, generator=None):
     """Sub-prompt k starts at the text feature of the k-th distinct template (minus b[c]); sub-prompts
     beyond the template pool start at random offsets of norm ``scale``."""
@@ -262,7 +277,10 @@ def add_mixprompt_config(cfg):
     # auto: kmeans in feature space, random in token space | random (norm OFFSET_INIT_SCALE) |
     # random_coordinate (std OFFSET_INIT_SCALE per coordinate: norm ~ scale * sqrt(D)) | templates | kmeans
     # (the last two: feature space only)
+    # | features (each sub-prompt starts exactly at a given feature direction, INIT_FEATURES_FILE; e.g. the
+    # collapse benchmark's oracle_init). templates, kmeans and features: feature space only
     m.INIT = "auto"
+    m.INIT_FEATURES_FILE = ""  # INIT features: a torch file holding a (C, K, D) tensor (its content is not recorded)
     m.OFFSET_INIT_SCALE = 0.3  # norm of an initial offset (relative to |b[c]| = 1), per-coordinate std
     # with INIT random_coordinate
     m.KMEANS_RESTARTS = 1  # INIT kmeans: per class, the lowest-inertia of this many seeded k-means++ runs
@@ -302,6 +320,7 @@ MODE_KEYS = {
     "SINKHORN_POWER": ("BALANCE", ("sinkhorn",)),
     "ENTROPY_WEIGHT": ("ENTROPY", ("image_detached", "image")),
     "PULL_SHARE": ("MIXTURE_LOSS", ("ce_pull",)),
+    "INIT_FEATURES_FILE": ("INIT", ("features",)),
 }
 
 
@@ -370,6 +389,9 @@ class MixPrompt(CLIPTrainer):
             features, labels, _ = self.train_features()
             offsets = mm.kmeans_offsets(features, labels, len(classnames), m.K, m.SCOPE, m.OFFSET_INIT_SCALE,
                                         torch.Generator().manual_seed(max(self.cfg.SEED, 0)), m.KMEANS_RESTARTS)
+        elif init == "features":
+            offsets = mm.offsets_to_features(load_init_features(m.INIT_FEATURES_FILE, shape),
+                                             learner.base_features.detach().cpu())
         else:
             offsets = template_offsets(model.text_encoder, self.cfg.DATASET.NAME, classnames, metadata,
                                        learner.base_features, m.K, m.SCOPE, m.OFFSET_INIT_SCALE)
@@ -609,6 +631,13 @@ def validate_mixprompt_cfg(cfg):
         if m[mode] not in applies and m[name] != defaults[name]:
             raise ConfigError(f"{key}.{name} is set to {m[name]!r} but applies only with {key}.{mode} "
                               f"{' or '.join(applies)} (it is {m[mode]!r}): remove it or change {key}.{mode}")
+    if m.INIT == "features":
+        if m.SCOPE != "class":
+            raise ConfigError(f"{key}.INIT features starts each (class, sub-prompt) at its own feature: it needs "
+                              f"{key}.SCOPE class, got {m.SCOPE}")
+        if not os.path.isfile(m.INIT_FEATURES_FILE):
+            raise ConfigError(f'{key}.INIT_FEATURES_FILE: INIT features needs an existing file, got '
+                              f'"{m.INIT_FEATURES_FILE}"')
     if resolve_init(m.INIT, m.OFFSET_SPACE) != "kmeans" and m.KMEANS_RESTARTS != defaults.KMEANS_RESTARTS:
         raise ConfigError(f"{key}.KMEANS_RESTARTS is set to {m.KMEANS_RESTARTS} but applies only when {key}.INIT "
                           f"is kmeans (or auto with OFFSET_SPACE feature): remove it or change {key}.INIT")

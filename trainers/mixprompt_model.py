@@ -333,6 +333,12 @@ def random_offsets(shape, scale, generator=None):
     return torch.randn(shape, generator=generator) * (scale / shape[-1] ** 0.5)
 
 
+def offsets_to_features(target_features, base_features):
+    """Offsets (C, K, D) that put every sub-prompt exactly at the direction of ``target_features`` (C, K, D):
+    normalize(b[c] + delta[c, k]) = normalize(target[c, k]) for delta = normalize(target) - b."""
+    return F.normalize(target_features.float(), dim=-1) - base_features.float().unsqueeze(1)
+
+
 def random_coordinate_offsets(shape, std, generator=None):
     """Gaussian offsets with standard deviation ``std`` per coordinate (norm ~ std * sqrt(D): 0.23 for
     std 0.01 at D = 512), the earlier system's ``randn * 0.01``."""
