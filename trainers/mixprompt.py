@@ -195,7 +195,8 @@ def load_init_features(path, shape):
         raise ConfigError(f'{key}: cannot read "{path}" as a torch file ({type(exc).__name__}: {exc})') from exc
     if not isinstance(loaded, torch.Tensor) or tuple(loaded.shape) != tuple(shape):
         got = tuple(loaded.shape) if isinstance(loaded, torch.Tensor) else type(loaded).__name__
-        raise ConfigError(f'{key}: "{path}" must hold one tensor of shape (classes, K, D) = {tuple(shape)}, got {got}')
+        raise ConfigError(f'{key}: "{path}" must hold one tensor of shape (classes, K, D) = {tuple(shape)}, '
+                          f'got {got}')
     if not torch.isfinite(loaded).all() or (loaded.norm(dim=-1) == 0).any():
         raise ConfigError(f'{key}: "{path}" holds non-finite or zero feature vectors')
     return loaded
@@ -275,10 +276,9 @@ def add_mixprompt_config(cfg):
     # sum_d: w * mean over sub-prompts of |delta|^2 | mean: w * mean of delta^2 over all numbers (D x weaker)
     m.OFFSET_REG_REDUCTION = "sum_d"
     # auto: kmeans in feature space, random in token space | random (norm OFFSET_INIT_SCALE) |
-    # random_coordinate (std OFFSET_INIT_SCALE per coordinate: norm ~ scale * sqrt(D)) | templates | kmeans
-    # (the last two: feature space only)
-    # | features (each sub-prompt starts exactly at a given feature direction, INIT_FEATURES_FILE; e.g. the
-    # collapse benchmark's oracle_init). templates, kmeans and features: feature space only
+    # random_coordinate (std OFFSET_INIT_SCALE per coordinate: norm ~ scale * sqrt(D)) | templates | kmeans |
+    # features (each sub-prompt exactly at a given feature direction, INIT_FEATURES_FILE; the collapse
+    # benchmark's oracle_init) (the last three: feature space only)
     m.INIT = "auto"
     m.INIT_FEATURES_FILE = ""  # INIT features: a torch file holding a (C, K, D) tensor (its content is not recorded)
     m.OFFSET_INIT_SCALE = 0.3  # norm of an initial offset (relative to |b[c]| = 1), per-coordinate std
