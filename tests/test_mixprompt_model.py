@@ -107,6 +107,20 @@ def test_sinkhorn_balances_usage_even_when_one_subprompt_dominates():
     assert torch.allclose(gamma.sum(0), torch.full((4,), 2.0), atol=1e-3)
 
 
+@pytest.mark.parametrize("power", [1.0, 0.5, 0.0])
+def test_sinkhorn_gives_every_image_a_target_when_scores_are_sharp(power):
+    """At a small tau, an image whose best score lies far below another image's best must still get
+    responsibilities summing to one (a shared shift of exp underflowed such rows to zero)."""
+    g = torch.Generator().manual_seed(0)
+    features = torch.nn.functional.normalize(torch.randn(64, 16, generator=g), dim=-1)
+    anchors = torch.nn.functional.normalize(torch.randn(4, 16, generator=g), dim=-1)
+    own = 100.0 * features @ anchors.t()  # (N, K) scores a * cos, spread over about +-60
+    gamma = mm.sinkhorn_balance(own, tau=0.05, n_iters=50, marginal_power=power)
+    assert torch.allclose(gamma.sum(1), torch.ones(64), atol=1e-4)
+    if power == 0.0:
+        assert torch.allclose(gamma, mm.responsibilities(own, 0.05), atol=1e-5)
+
+
 def test_sinkhorn_power_relaxes_usage_between_balanced_and_plain_responsibilities():
     g = torch.Generator().manual_seed(0)
     own = 3.0 * torch.randn(40, 8, generator=g)  # (N, K)

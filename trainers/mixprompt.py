@@ -296,8 +296,9 @@ def add_mixprompt_config(cfg):
     m.BALANCE_MOMENTUM = 0.9  # marginal_entropy only: running estimate of class-level usage
     m.SINKHORN_ITERS = 50  # sinkhorn only
     # sinkhorn only: 1 = every sub-prompt takes an equal share of its class's images; p < 1 relaxes it (the
-    # unbalanced Sinkhorn of a KL penalty on usage: column scale (share / usage) ** p); 0 = plain softmax.
-    # Relaxing it raised K > M mode recovery and collapsed the random backbone (docs/mixprompt_recipe.md).
+    # semi-relaxed Sinkhorn of a KL penalty tau p / (1 - p) on usage: column scale (share / usage) ** p);
+    # 0 = plain softmax. Relaxing it raised K > M mode recovery and collapsed the random backbone
+    # (docs/mixprompt_recipe.md).
     m.SINKHORN_POWER = 1.0
     # diagnostics: the collapse rule's thresholds (trainers/mixprompt_diagnostics.py says why these values)
     m.COLLAPSE_FEATURE_COS = DEFAULT_COLLAPSE_FEATURE_COS

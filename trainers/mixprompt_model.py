@@ -175,16 +175,25 @@ def usage_balance_loss(soft_gamma, labels, running_usage, momentum):
     return loss, batch_usage.detach(), classes
 
 
+DOUBLE_EXP_SAFE_RANGE = 700.0  # exp(-x) stays a normal float64 for x below ~708
+
+
 @torch.no_grad()
 def sinkhorn_balance(own_scores, tau, n_iters=50, marginal_power=1.0):
     """Balanced responsibilities (N, K) for N images of one class: rows sum to one and every sub-prompt
     receives N / K images' worth of mass (Sinkhorn-Knopp on exp(scores / tau)). ``marginal_power`` p < 1
     relaxes the column constraint: rows stay exact, and each column's scale is (N / K / usage) ** p, the usage
     taken before that scale; iterated to its fixed point, this is the semi-relaxed Sinkhorn of a KL penalty of
-    weight rho on the usage, p = rho / (rho + tau). p = 0 leaves the plain softmax responsibilities."""
+    weight rho = tau p / (1 - p) on the usage (so a given p relaxes less as tau anneals), converging at a rate
+    of about p per iteration (p near 1 needs more than the default iterations). p = 0 leaves the plain softmax
+    responsibilities."""
     n_img, n_sub = own_scores.shape
     log_q = own_scores.double() / tau
-    log_q = log_q - log_q.max()
+    # one shift for all images (the iterates of earlier versions), per image where exp would underflow an
+    # image's whole row to zeros (no target): its best score more than ~745 (in units of tau) below another's
+    row_max = log_q.max(dim=1, keepdim=True).values  # (N, 1)
+    underflow = bool((row_max.max() - row_max.min()) > DOUBLE_EXP_SAFE_RANGE)
+    log_q = log_q - (row_max if underflow else row_max.max())
     q = log_q.exp()
     if marginal_power == 1.0:
         for _ in range(n_iters):
