@@ -182,6 +182,25 @@ def test_collapse_report_rebuilds_heatmaps_through_the_run_folder(runs):
     assert matrices is None and "not a folder" in source
 
 
+def test_runs_started_from_features_or_tuned_kmeans_reload_without_their_initialisation(runs, tiny_clip):
+    """The run-folder loader replaces the initialisation by the checkpoint: a run started from INIT features
+    reloads after its file is gone, one with KMEANS_RESTARTS set reloads too (both keys belong to an INIT
+    choice the loader does not use)."""
+    from trainers.run_folder import load_trained
+
+    n_cls, n_sub, dim = load_trained(runs["feature"], root=runs["data"]).model.prompt_learner.offsets.shape
+    start = runs["base"] / "start.pt"
+    torch.save(torch.randn(n_cls, n_sub, dim, generator=torch.Generator().manual_seed(0)), start)
+    started = train(runs["base"] / "from_features", runs["data"], tiny_clip, epochs=1,
+                    opts=["TRAINER.MIXPROMPT.INIT", "features", "TRAINER.MIXPROMPT.INIT_FEATURES_FILE", start])
+    start.unlink()
+    tuned = train(runs["base"] / "kmeans_restarts", runs["data"], tiny_clip, epochs=1,
+                  opts=["TRAINER.MIXPROMPT.KMEANS_RESTARTS", "2"])
+    for run_dir in (started, tuned):
+        trainer = load_trained(run_dir, root=runs["data"])
+        assert trainer.loaded_epoch == 1
+
+
 # ------------------------------------------------------------------------------------------ nearest tokens
 def test_interpret_reads_mixprompt_token_context_and_subprompts(runs, capsys):
     proc = ok(run_script("interpret_prompt.py", runs["token"], "--json", "--topk", "3", "--class-index", "1", "2"))

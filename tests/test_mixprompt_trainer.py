@@ -123,6 +123,15 @@ def test_init_features_starts_every_subprompt_at_the_given_feature(build_trainer
     trainer = build_trainer_for("MixPrompt", config=MP, opts=features_opts)
     initial = trainer.model.text_features().detach().float().cpu()  # (C, K, D)
     assert torch.allclose(initial, torch.nn.functional.normalize(start, dim=-1), atol=1e-3)
+    # the run keeps its own copy: a resumed run into the same folder starts from it without the original
+    assert torch.equal(torch.load(tmp_path / "out" / "init_features.pt"), start)
+    (tmp_path / "start.pt").unlink()
+    again = build_trainer_for("MixPrompt", config=MP, opts=features_opts)
+    assert torch.equal(again.model.text_features().detach().float().cpu(), initial)
+    (tmp_path / "out" / "init_features.pt").unlink()
+    with pytest.raises(ConfigError, match=r"INIT_FEATURES_FILE: INIT features needs an existing file.*INIT random"):
+        build_trainer_for("MixPrompt", config=MP, opts=features_opts)
+    torch.save(start, tmp_path / "start.pt")
     torch.save(start[:, :2], tmp_path / "wrong.pt")
     with pytest.raises(ConfigError, match=r"INIT_FEATURES_FILE.*wrong\.pt.*\(classes, K, D\)"):
         build_trainer_for("MixPrompt", config=MP, opts=features_opts[:-1] + [str(tmp_path / "wrong.pt")])

@@ -34,6 +34,7 @@ TEMPLATE_SETS = ("dataset", "ensemble", "hierarchical")
 INITS = ("auto", "random", "random_coordinate", "templates", "kmeans", "features")
 TRAIN_FEATURE_SOURCES = ("auto", "clean", "augmented")
 DIAGNOSTICS_FILE = "diagnostics.jsonl"
+INIT_FEATURES_COPY = "init_features.pt"  # INIT features: the run's own copy of its starting features
 SUMMARY_FILE = "diagnostics_summary.json"
 SUMMARY_MAX_COS_ENTRIES = 2_000_000  # C*K*K above this (e.g. iNaturalist at K 32): no per-class cosines
 
@@ -184,6 +185,14 @@ def resolve_init(init, offset_space):
     if init == "auto":
         return "kmeans" if offset_space == "feature" else "random"
     return init
+
+
+def init_features_source(cfg):
+    """The file INIT features loads: INIT_FEATURES_FILE when it exists, else the copy a run keeps in its
+    OUTPUT_DIR (so a resumed run does not need the original); None when neither exists."""
+    path = cfg.TRAINER.MIXPROMPT.INIT_FEATURES_FILE
+    copy = os.path.join(cfg.OUTPUT_DIR, INIT_FEATURES_COPY)
+    return path if path and os.path.isfile(path) else copy if os.path.isfile(copy) else None
 
 
 def load_init_features(path, shape):
@@ -391,8 +400,13 @@ class MixPrompt(CLIPTrainer):
             offsets = mm.kmeans_offsets(features, labels, len(classnames), m.K, m.SCOPE, m.OFFSET_INIT_SCALE,
                                         torch.Generator().manual_seed(max(self.cfg.SEED, 0)), m.KMEANS_RESTARTS)
         elif init == "features":
-            offsets = mm.offsets_to_features(load_init_features(m.INIT_FEATURES_FILE, shape),
-                                             learner.base_features.detach().cpu())
+            source = init_features_source(self.cfg)
+            start = load_init_features(source, shape)  # (C, K, D)
+            copy = os.path.join(self.cfg.OUTPUT_DIR, INIT_FEATURES_COPY)
+            if is_main_process() and source != copy:
+                os.makedirs(self.cfg.OUTPUT_DIR, exist_ok=True)
+                torch.save(start, copy)
+            offsets = mm.offsets_to_features(start, learner.base_features.detach().cpu())
         else:
             offsets = template_offsets(model.text_encoder, self.cfg.DATASET.NAME, classnames, metadata,
                                        learner.base_features, m.K, m.SCOPE, m.OFFSET_INIT_SCALE)
@@ -636,9 +650,11 @@ def validate_mixprompt_cfg(cfg):
         if m.SCOPE != "class":
             raise ConfigError(f"{key}.INIT features starts each (class, sub-prompt) at its own feature: it needs "
                               f"{key}.SCOPE class, got {m.SCOPE}")
-        if not os.path.isfile(m.INIT_FEATURES_FILE):
+        if init_features_source(cfg) is None:
             raise ConfigError(f'{key}.INIT_FEATURES_FILE: INIT features needs an existing file, got '
-                              f'"{m.INIT_FEATURES_FILE}"')
+                              f'"{m.INIT_FEATURES_FILE}" (a resumed run also finds its copy, '
+                              f'{os.path.join(cfg.OUTPUT_DIR, INIT_FEATURES_COPY)}). To evaluate a trained run '
+                              f"without it, set {key}.INIT random: the checkpoint replaces the offsets.")
     if resolve_init(m.INIT, m.OFFSET_SPACE) != "kmeans" and m.KMEANS_RESTARTS != defaults.KMEANS_RESTARTS:
         raise ConfigError(f"{key}.KMEANS_RESTARTS is set to {m.KMEANS_RESTARTS} but applies only when {key}.INIT "
                           f"is kmeans (or auto with OFFSET_SPACE feature): remove it or change {key}.INIT")
