@@ -20,6 +20,7 @@ not) as mean +- std over seeds.
 """
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -48,8 +49,8 @@ P = "TRAINER.MIXPROMPT."
 # the fixed defaults' recipe before docs/mixprompt_recipe.md's changes, as opts on top of MP
 PREV_RECIPE = [P + "TRAIN_FEATURES", "augmented", "OPTIM.NAME", "sgd", "OPTIM.LR", "0.002", "OPTIM.WARMUP_EPOCH", "1",
                P + "MIXTURE_LOSS", "ce"]
-# in a setting's opts: the path of the (C, K, D) oracle_mode_split centroids of the run's seed and K (written
-# by ``oracle_centroids_file`` before the run)
+# in a setting's opts: the path of the (C, K, D) oracle_mode_split centroids for the run's K and data (written
+# by ``write_oracle_centroids`` before the run)
 ORACLE_CENTROIDS = "<oracle_mode_split centroids>"
 # name -> (trainer, config file, extra opts, description); only MixPrompt settings depend on K. A trainer of
 # FEATURES is no train.py run: the row is computed from the frozen image features (oracle_* rows use the true modes).
@@ -188,7 +189,7 @@ def data_opts(args):
 
 def train_argv(args, setting, k, seed, out_dir, weights):
     trainer, config, extra, _ = SETTINGS[setting]
-    extra = [oracle_centroids_path(args, seed, k) if opt == ORACLE_CENTROIDS else opt for opt in extra]
+    extra = [oracle_centroids_path(args, k) if opt == ORACLE_CENTROIDS else opt for opt in extra]
     opts = ["MODEL.BACKBONE.NAME", weights, "OPTIM.MAX_EPOCH", str(args.epochs), "DATALOADER.NUM_WORKERS", "0",
             "DATALOADER.TRAIN_X.BATCH_SIZE", str(args.batch_size), "DATALOADER.TEST.BATCH_SIZE", "100",
             "TRAIN.PRINT_FREQ", "1000", *data_opts(args), *extra, *args.opts]
@@ -394,15 +395,21 @@ def kmeans_mode_recovery(train_x, train_y, train_mode, n_clusters, seed, restart
 
 def centroids_per_mode(mode_sizes, n_sub):
     """How many of ``n_sub`` centroids each true mode of a class gets (``mode_sizes``: images per mode, in mode
-    order): n_sub // M each, the remainder one each to the largest modes, at most one per image. None when
-    n_sub < M (no split of fewer sub-prompts than modes lies inside the modes)."""
+    order): n_sub // M each, the remainder one each to the largest modes, at most one per image; slots a small
+    mode cannot fill go, one at a time, to the mode with the most images to spare. Fewer than ``n_sub`` in all
+    only when the class has fewer images. None when n_sub < M (no split of fewer sub-prompts than modes lies
+    inside the modes)."""
     n_modes = len(mode_sizes)
     if n_sub < n_modes:
         return None
     counts = [n_sub // n_modes] * n_modes
     for m in sorted(range(n_modes), key=lambda m: (-mode_sizes[m], m))[:n_sub % n_modes]:
         counts[m] += 1
-    return [min(count, size) for count, size in zip(counts, mode_sizes)]
+    counts = [min(count, size) for count, size in zip(counts, mode_sizes)]
+    for _ in range(min(n_sub, sum(mode_sizes)) - sum(counts)):
+        spare = max(range(n_modes), key=lambda m: (mode_sizes[m] - counts[m], -m))
+        counts[spare] += 1
+    return counts
 
 
 def mode_split_centroids(train_x, train_y, train_mode, n_sub, seed, restarts=10):
@@ -497,23 +504,34 @@ def frozen_features(args, seed, weights, true_mode):
     return train_x, train_y, train_mode, test_x, test_y
 
 
-def oracle_centroids_path(args, seed, k):
-    return os.path.join(os.path.abspath(args.out), FEATURES, f"seed{seed}", f"oracle_mode_split_K{k}.pt")
+def data_fingerprint(args, weights):
+    """12 hex digits naming the benchmark's data settings and the content of its CLIP weights: what is cached
+    from the frozen features (references.json, the oracle_init start) is never reused for other ones."""
+    digest = hashlib.sha256(json.dumps(data_opts(args)).encode())
+    if os.path.isfile(weights):
+        with open(weights, "rb") as f:
+            digest.update(hashlib.sha256(f.read()).digest())
+    else:
+        digest.update(str(weights).encode())
+    return digest.hexdigest()[:12]
 
 
-def write_oracle_centroids(args, seed, k, weights, true_mode):
-    """Write (once) the (C, K, D) tensor of ``mode_split_centroids`` for the seed and K that ``oracle_init``
-    starts from; a class with fewer centroids than K (modes smaller than K / M) repeats them in turn."""
+def oracle_centroids_path(args, k):
+    """The oracle_init start for K: one per data set and weights (``args.fingerprint``), the same for every
+    seed (the seeds vary the training from it)."""
+    return os.path.join(os.path.abspath(args.out), FEATURES, f"oracle_mode_split_K{k}_{args.fingerprint}.pt")
+
+
+def write_oracle_centroids(args, k, weights, true_mode):
+    """Write (once) the (C, K, D) tensor of ``mode_split_centroids`` (k-means seeded with the data seed) that
+    ``oracle_init`` starts from; only a class with fewer than K training images repeats its centroids."""
     import torch
 
-    path = oracle_centroids_path(args, seed, k)
+    path = oracle_centroids_path(args, k)
     if os.path.isfile(path):
         return path
-    train_x, train_y, train_mode, _, _ = frozen_features(args, seed, weights, true_mode)
-    split = mode_split_centroids(train_x, train_y, train_mode, k, seed)
-    if split is None:
-        raise SystemExit(f"ERROR: oracle_init puts K / M sub-prompts inside each true mode: it needs K >= M "
-                         f"(--modes {args.modes}), got K {k}")
+    train_x, train_y, train_mode, _, _ = frozen_features(args, args.seeds[0], weights, true_mode)
+    split = mode_split_centroids(train_x, train_y, train_mode, k, args.data_seed)
     table = torch.stack([split[c][torch.arange(k) % len(split[c])] for c in sorted(split)])  # (C, K, D)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     torch.save(table, path)
@@ -524,7 +542,8 @@ def feature_references(args, seed, weights, true_mode):
     """The FEATURES rows of one seed (K_FEATURES rows for every ``args.K``), from the frozen image features
     the linear probe uses (test transform, the seed's training split); cached in
     ``--out/features/seed<S>/references.json`` and recomputed when a row asked for is not there or the file
-    was written by an older version of these rows (``REFERENCES_VERSION``)."""
+    was written by an older version of these rows (``REFERENCES_VERSION``) or for other data or weights
+    (``data_fingerprint``)."""
     out_dir = os.path.join(args.out, FEATURES, f"seed{seed}")
     path = os.path.join(out_dir, "references.json")
     wanted = {reference_key(s, k) for s in SETTINGS if SETTINGS[s][0] == FEATURES for k in setting_ks(s, args.K)}
@@ -532,8 +551,8 @@ def feature_references(args, seed, weights, true_mode):
     if os.path.isfile(path):
         with open(path) as f:
             cached = json.load(f)
-        if cached.get("version") != REFERENCES_VERSION:
-            cached = {}  # rows computed differently then: recompute them all
+        if cached.get("version") != REFERENCES_VERSION or cached.get("fingerprint") != args.fingerprint:
+            cached = {}  # rows computed differently then, or from other data or weights: recompute them all
         elif wanted <= set(cached):
             return cached, True
     train_x, train_y, train_mode, test_x, test_y = frozen_features(args, seed, weights, true_mode)
@@ -554,7 +573,7 @@ def feature_references(args, seed, weights, true_mode):
                                             balanced=setting == "oracle_mode_split_balanced")
             refs[reference_key(setting, k)] = dict(zip(("nmi", "purity"), recovered))
         refs[reference_key("nmi_ceiling_balanced", k)] = {"nmi": balanced_nmi_ceiling(train_y, train_mode, k)}
-    refs = {**cached, **refs, "version": REFERENCES_VERSION}  # rows of other K from earlier calls are kept
+    refs = {**cached, **refs, "version": REFERENCES_VERSION, "fingerprint": args.fingerprint}  # rows of other K from earlier calls are kept
     os.makedirs(out_dir, exist_ok=True)
     with open(path, "w") as f:
         json.dump(refs, f, indent=1)
@@ -568,8 +587,12 @@ def main(argv=None):
         parser.error("--separation and --imbalance apply to --backbone random only")
     from trainers.cli import build_parser as train_parser, setup_cfg
 
+    if "oracle_init" in args.settings and min(args.K) < args.modes:
+        parser.error(f"oracle_init puts K / M sub-prompts inside each true mode: it needs K >= M (--modes "
+                     f"{args.modes}), got K {min(args.K)}")
     os.makedirs(args.out, exist_ok=True)
     weights = resolve_weights(args)
+    args.fingerprint = data_fingerprint(args, weights)
     plan = [(s, k) for s in args.settings for k in setting_ks(s, args.K)]
     n_runs = len(plan) * len(args.seeds)
     print(f"{n_runs} runs: settings {args.settings}, K {args.K}, seeds {args.seeds}, backbone {args.backbone}, "
@@ -599,7 +622,7 @@ def main(argv=None):
             out_dir = os.path.join(args.out, setting, f"k{k}" if k else "single", f"seed{seed}")
             if ORACLE_CENTROIDS in SETTINGS[setting][2]:
                 true_mode = true_mode or benchmark_true_modes(seed)
-                write_oracle_centroids(args, seed, k, weights, true_mode)
+                write_oracle_centroids(args, k, weights, true_mode)
             argv_run = train_argv(args, setting, k, seed, out_dir, weights)
             reused = reusable(out_dir, argv_run)
             if not reused:

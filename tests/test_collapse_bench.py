@@ -87,8 +87,8 @@ def test_bench_cli_original_collapses_fixed_recovers_modes(tmp_path):
     assert rows["kmeans_k_balanced"]["nmi"] <= rows["kmeans_k"]["nmi"] + 1e-9
     assert rows["oracle_mode_split"]["purity"] > 0.9 and rows["oracle_mode_split_balanced"]["nmi"] is not None
     # oracle_init: MixPrompt started at the oracle_mode_split centroids (written once per seed and K, (C, K, D))
-    centroids = torch.load(out / "features" / "seed1" / "oracle_mode_split_K4.pt")
-    assert centroids.shape[:2] == (3, 4) and rows["oracle_init"]["accuracy"] is not None
+    (start,) = (out / "features").glob("oracle_mode_split_K4_*.pt")  # one per K, data and weights
+    assert torch.load(start).shape[:2] == (3, 4) and rows["oracle_init"]["accuracy"] is not None
     original, fixed = rows["original"], rows["fixed"]
     assert original["collapsed"] == 1.0 and original["eff_k"] < 1.3 and original["nmi"] < 0.2
     assert fixed["collapsed"] == 0.0 and fixed["eff_k"] > 2.0 and fixed["nmi"] > original["nmi"] + 0.3
@@ -188,12 +188,31 @@ def test_balanced_assignment_gives_every_cluster_an_equal_share(bench):
     assert bench.kmeans_mode_recovery(points, label, mode, 2, seed=0, balanced=True)[0] < 0.7
 
 
+def test_cached_feature_rows_are_named_by_the_data_and_the_weights_content(bench, tmp_path):
+    args = bench.build_parser().parse_args(["--out", str(tmp_path)])
+    (tmp_path / "a.pt").write_bytes(b"weights a")
+    (tmp_path / "b.pt").write_bytes(b"weights b")
+    fingerprint = bench.data_fingerprint(args, str(tmp_path / "a.pt"))
+    assert fingerprint == bench.data_fingerprint(args, str(tmp_path / "a.pt"))
+    assert fingerprint != bench.data_fingerprint(args, str(tmp_path / "b.pt"))  # same data, other weights
+    other_data = bench.build_parser().parse_args(["--out", str(tmp_path), "--data-seed", "1"])
+    assert fingerprint != bench.data_fingerprint(other_data, str(tmp_path / "a.pt"))
+    args.fingerprint = fingerprint
+    assert bench.oracle_centroids_path(args, 8).endswith(f"oracle_mode_split_K8_{fingerprint}.pt")
+    with pytest.raises(SystemExit):  # oracle_init needs K >= M, said before anything runs
+        bench.main(["--K", "2", "--settings", "oracle_init", "--out", str(tmp_path / "bench")])
+    assert not (tmp_path / "bench").exists()
+
+
 def test_mode_split_oracle_puts_centroids_inside_each_true_mode(bench):
     import torch
 
     assert bench.centroids_per_mode([8, 8, 8, 8], 8) == [2, 2, 2, 2]
     assert bench.centroids_per_mode([5, 3, 2], 7) == [3, 2, 2]  # the remainder to the largest mode
-    assert bench.centroids_per_mode([5, 3, 1], 7) == [3, 2, 1]  # never more centroids than images
+    assert bench.centroids_per_mode([5, 3, 1], 7) == [4, 2, 1]  # never more than images; the spare slot moves
+    assert bench.centroids_per_mode([16, 4], 16) == [12, 4]
+    assert bench.centroids_per_mode([8, 5, 3, 2], 16) == [7, 4, 3, 2]
+    assert bench.centroids_per_mode([2, 1], 8) == [2, 1]  # fewer images than sub-prompts
     assert bench.centroids_per_mode([5, 3, 1], 2) is None  # fewer sub-prompts than modes
     # one class, two modes of two lobes each; mode 0's lobes lie either side of mode 1, so one centroid per
     # mode (k-means with k = M) cannot separate them, two per mode can
