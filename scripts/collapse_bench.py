@@ -64,8 +64,10 @@ SETTINGS = {
     "1nn": (FEATURES, "", [], "1-nearest neighbour (cosine) among the training features"),
     "oracle_mode_means": (FEATURES, "", [], "ORACLE: nearest true (class, mode) mean of the training features "
                                             "(accuracy; NMI / purity of its assignment of the training images)"),
-    "oracle_kmeans": (FEATURES, "", [], "ORACLE: per-class k-means (k = M) mode-recovery NMI / purity"),
-    "kmeans_k": (FEATURES, "", [], "per-class k-means with k = K: NMI / purity of its nearest-centroid split"),
+    "oracle_kmeans": (FEATURES, "", [], "ORACLE: per-class k-means (k = M) mode-recovery NMI / purity; accuracy of "
+                                        "its centroids as prototypes (nearest centroid, cosine)"),
+    "kmeans_k": (FEATURES, "", [], "per-class k-means with k = K: accuracy of its centroids as prototypes (no "
+                                   "training), NMI / purity of its nearest-centroid split"),
     "kmeans_k_balanced": (FEATURES, "", [], "the same centroids, each given an equal share of the class's images "
                                             "(what a balanced E-step allows): NMI / purity"),
     "oracle_mode_split": (FEATURES, "", [], "ORACLE: K centroids placed inside the true modes (k-means on each "
@@ -138,8 +140,9 @@ SETTINGS = {
 }
 DEFAULT_SETTINGS = [name for name in SETTINGS
                     if not name.startswith(("fixed-", "fixed+", "fixed_prev+")) and name != "oracle_init"]
-# of the FEATURES rows in references.json: 2 added the mode-mean oracle's NMI / purity, 3 the mode-split oracles
-REFERENCES_VERSION = 3
+# of the FEATURES rows in references.json: 2 added the mode-mean oracle's NMI / purity, 3 the mode-split oracles,
+# 4 the accuracy of the k-means rows (nearest centroid)
+REFERENCES_VERSION = 4
 METRICS = ("accuracy", "feature_cos", "offset_cos", "eff_k", "top1_share", "dead", "collapsed", "nmi", "purity")
 ACCURACY = re.compile(r"\* accuracy: ([\d.]+)%")
 
@@ -371,26 +374,53 @@ def balanced_assignment(distances):
     return assignment
 
 
-def kmeans_mode_recovery(train_x, train_y, train_mode, n_clusters, seed, restarts=10, balanced=False):
-    """(NMI, purity) against the true modes of per-class k-means with ``n_clusters`` (the ORACLE when it is
-    the true number of modes; the lowest-inertia of ``restarts`` seeded k-means++ runs), per class then
-    averaged. Each image goes to its nearest centroid, or, ``balanced``, to a centroid under the constraint
-    that every centroid takes an equal share of the class's images (``balanced_assignment``)."""
+def class_kmeans(train_x, train_y, n_clusters, seed, restarts=10):
+    """{class: centroids (k, D)}: per-class k-means with ``n_clusters`` (at most the class's images), the
+    lowest-inertia of ``restarts`` k-means++ runs drawn from one generator seeded with ``seed``."""
     import torch
 
-    from trainers.mixprompt_diagnostics import nmi, purity
     from trainers.mixprompt_model import kmeans
 
     generator = torch.Generator().manual_seed(seed)
+    return {c: kmeans(train_x[train_y == c], min(n_clusters, int((train_y == c).sum())), generator=generator,
+                      restarts=restarts)
+            for c in sorted(set(train_y.tolist()))}
+
+
+def split_recovery(train_x, train_y, train_mode, centroids, balanced=False):
+    """(NMI, purity) against the true modes of splitting each class's training images among its ``centroids``
+    ({class: (k, D)}): each image at its nearest centroid, or, ``balanced``, under the constraint that every
+    centroid takes an equal share of the class's images (``balanced_assignment``); per class, then averaged."""
+    import torch
+
+    from trainers.mixprompt_diagnostics import nmi, purity
+
     nmis, purities = [], []
-    for c in sorted(set(train_y.tolist())):
+    for c, class_centroids in centroids.items():
         points, truth = train_x[train_y == c], train_mode[train_y == c].tolist()
-        centroids = kmeans(points, min(n_clusters, len(points)), generator=generator, restarts=restarts)
-        distances = torch.cdist(points, centroids)  # (N_c, k)
+        distances = torch.cdist(points, class_centroids)  # (N_c, k)
         assignment = (balanced_assignment(distances) if balanced else distances.argmin(dim=1)).tolist()
         nmis.append(nmi(truth, assignment))
         purities.append(purity(truth, assignment))
     return sum(nmis) / len(nmis), sum(purities) / len(purities)
+
+
+def kmeans_mode_recovery(train_x, train_y, train_mode, n_clusters, seed, restarts=10, balanced=False):
+    """(NMI, purity) against the true modes of per-class k-means with ``n_clusters`` (``class_kmeans``; the
+    ORACLE when it is the true number of modes), by ``split_recovery``."""
+    return split_recovery(train_x, train_y, train_mode, class_kmeans(train_x, train_y, n_clusters, seed, restarts),
+                          balanced)
+
+
+def nearest_centroid_accuracy(centroids, test_x, test_y):
+    """Test accuracy (%) of the class of the nearest (cosine) centroid among every class's ``centroids``
+    ({class: (k, D)}): a prototype classifier with k prototypes per class and no training."""
+    import torch
+    import torch.nn.functional as F
+
+    classes = torch.cat([torch.full((len(v),), c) for c, v in centroids.items()])
+    prototypes = F.normalize(torch.cat(list(centroids.values())), dim=-1)  # (sum k, D)
+    return (classes[(test_x @ prototypes.t()).argmax(dim=1)] == test_y).float().mean().item() * 100
 
 
 def centroids_per_mode(mode_sizes, n_sub):
@@ -434,25 +464,11 @@ def mode_split_centroids(train_x, train_y, train_mode, n_sub, seed, restarts=10)
 
 
 def mode_split_recovery(train_x, train_y, train_mode, n_sub, seed, restarts=10, balanced=False):
-    """ORACLE: (NMI, purity) against the true modes of the split into the ``mode_split_centroids``, each image
-    sent to its nearest centroid or, ``balanced``, under equal shares (``balanced_assignment``); per class,
-    then averaged. (None, None) when ``n_sub`` < M. It tells what K sub-prompts could recover from these
-    features if they knew the modes."""
-    import torch
-
-    from trainers.mixprompt_diagnostics import nmi, purity
-
+    """ORACLE: (NMI, purity) against the true modes of the split into the ``mode_split_centroids``
+    (``split_recovery``); (None, None) when ``n_sub`` < M. It tells what K sub-prompts could recover from
+    these features if they knew the modes."""
     split = mode_split_centroids(train_x, train_y, train_mode, n_sub, seed, restarts)
-    if split is None:
-        return None, None
-    nmis, purities = [], []
-    for c, centroids in split.items():
-        points, truth = train_x[train_y == c], train_mode[train_y == c]
-        distances = torch.cdist(points, centroids)
-        assignment = (balanced_assignment(distances) if balanced else distances.argmin(dim=1)).tolist()
-        nmis.append(nmi(truth.tolist(), assignment))
-        purities.append(purity(truth.tolist(), assignment))
-    return sum(nmis) / len(nmis), sum(purities) / len(purities)
+    return (None, None) if split is None else split_recovery(train_x, train_y, train_mode, split, balanced)
 
 
 def balanced_nmi_ceiling(train_y, train_mode, n_sub):
@@ -556,18 +572,22 @@ def feature_references(args, seed, weights, true_mode):
         elif wanted <= set(cached):
             return cached, True
     train_x, train_y, train_mode, test_x, test_y = frozen_features(args, seed, weights, true_mode)
-    nmi_value, purity_value = kmeans_mode_recovery(train_x, train_y, train_mode, args.modes, seed)
+    oracle_centroids = class_kmeans(train_x, train_y, args.modes, seed)
+    nmi_value, purity_value = split_recovery(train_x, train_y, train_mode, oracle_centroids)
     refs = {"1nn": {"accuracy": nearest_neighbour_accuracy(train_x, train_y, test_x, test_y)},
             "oracle_mode_means": {"accuracy": nearest_mode_mean_accuracy(train_x, train_y, train_mode, test_x,
                                                                           test_y),
                                   **dict(zip(("nmi", "purity"), nearest_mode_mean_recovery(train_x, train_y,
                                                                                            train_mode)))},
-            "oracle_kmeans": {"nmi": nmi_value, "purity": purity_value}}
+            "oracle_kmeans": {"accuracy": nearest_centroid_accuracy(oracle_centroids, test_x, test_y),
+                              "nmi": nmi_value, "purity": purity_value}}
     for k in args.K:
-        for setting in ("kmeans_k", "kmeans_k_balanced"):
-            recovered = kmeans_mode_recovery(train_x, train_y, train_mode, k, seed,
-                                             balanced=setting == "kmeans_k_balanced")
-            refs[reference_key(setting, k)] = dict(zip(("nmi", "purity"), recovered))
+        centroids = class_kmeans(train_x, train_y, k, seed)
+        refs[reference_key("kmeans_k", k)] = {"accuracy": nearest_centroid_accuracy(centroids, test_x, test_y),
+                                              **dict(zip(("nmi", "purity"), split_recovery(
+                                                  train_x, train_y, train_mode, centroids)))}
+        refs[reference_key("kmeans_k_balanced", k)] = dict(zip(("nmi", "purity"), split_recovery(
+            train_x, train_y, train_mode, centroids, balanced=True)))
         for setting in ("oracle_mode_split", "oracle_mode_split_balanced"):
             recovered = mode_split_recovery(train_x, train_y, train_mode, k, seed,
                                             balanced=setting == "oracle_mode_split_balanced")

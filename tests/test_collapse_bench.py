@@ -84,6 +84,7 @@ def test_bench_cli_original_collapses_fixed_recovers_modes(tmp_path):
     assert rows["1nn"]["accuracy"] is not None and rows["tip"]["accuracy"] is not None and rows["tip"]["nmi"] is None
     # K 4 clusters for 3 modes of 6 images: a split finer than the modes, balanced at most 5 images a cluster
     assert rows["kmeans_k"]["K"] == 4 and rows["kmeans_k"]["purity"] > 0.9
+    assert 0 <= rows["kmeans_k"]["accuracy"] <= 100 and rows["kmeans_k_balanced"]["accuracy"] is None
     assert rows["kmeans_k_balanced"]["nmi"] <= rows["kmeans_k"]["nmi"] + 1e-9
     assert rows["oracle_mode_split"]["purity"] > 0.9 and rows["oracle_mode_split_balanced"]["nmi"] is not None
     # oracle_init: MixPrompt started at the oracle_mode_split centroids (written once per seed and K, (C, K, D))
@@ -101,14 +102,14 @@ def test_bench_cli_original_collapses_fixed_recovers_modes(tmp_path):
     # references written by an older version of the feature rows are recomputed, not shown as they were
     references = out / "features" / "seed1" / "references.json"
     old = json.loads(references.read_text())
-    assert rows["oracle_mode_means"]["nmi"] > 0.5 and old.pop("version") == 3
+    assert rows["oracle_mode_means"]["nmi"] > 0.5 and old.pop("version") == 4
     references.write_text(json.dumps(old))
     refreshed = subprocess.run(
         [sys.executable, "scripts/collapse_bench.py", "--backbone", "random", "--K", "4", "--seeds", "1", "--settings",
          "oracle_kmeans", "--classes", "3", "--modes", "3", "--images-per-mode", "6", "--test-per-mode", "2",
          "--epochs", "8", "--batch-size", "8", "--out", str(out)], cwd=REPO_ROOT, capture_output=True, text=True,
         timeout=300)
-    assert "(reused)" not in refreshed.stdout and json.loads(references.read_text())["version"] == 3
+    assert "(reused)" not in refreshed.stdout and json.loads(references.read_text())["version"] == 4
     # a finished run made with other settings (here: a default changed since) is never reused or overwritten;
     # another trainer's keys do not count
     def edit_record(setting, key, value):
@@ -151,6 +152,9 @@ def test_feature_references_and_oracles_on_known_features(bench):
     tx, ty = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.7071, 0.7071]]), torch.tensor([0, 0, 1])
     assert bench.nearest_mode_mean_accuracy(xs, ys, ms, tx, ty) == pytest.approx(100.0)
     assert bench.nearest_mode_mean_accuracy(xs, ys, torch.zeros(3, dtype=torch.long), tx, ty) < 100.0
+    # the same data for k-means prototypes: two per class separate them, one per class (the class mean) does not
+    assert bench.nearest_centroid_accuracy(bench.class_kmeans(xs, ys, 2, seed=0), tx, ty) == pytest.approx(100.0)
+    assert bench.nearest_centroid_accuracy(bench.class_kmeans(xs, ys, 1, seed=0), tx, ty) < 100.0
 
 
 def test_world_backbone_is_the_default_with_the_documented_data(bench, tmp_path):
