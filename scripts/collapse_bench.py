@@ -593,7 +593,8 @@ def feature_references(args, seed, weights, true_mode):
                                             balanced=setting == "oracle_mode_split_balanced")
             refs[reference_key(setting, k)] = dict(zip(("nmi", "purity"), recovered))
         refs[reference_key("nmi_ceiling_balanced", k)] = {"nmi": balanced_nmi_ceiling(train_y, train_mode, k)}
-    refs = {**cached, **refs, "version": REFERENCES_VERSION, "fingerprint": args.fingerprint}  # rows of other K from earlier calls are kept
+    # rows of other K from earlier calls are kept
+    refs = {**cached, **refs, "version": REFERENCES_VERSION, "fingerprint": args.fingerprint}
     os.makedirs(out_dir, exist_ok=True)
     with open(path, "w") as f:
         json.dump(refs, f, indent=1)
@@ -621,6 +622,7 @@ def main(argv=None):
     started = time.time()
     true_mode = None
     references = {}
+
     def benchmark_true_modes(seed):
         argv_data = train_argv(args, "linear_probe", None, seed, os.path.join(args.out, FEATURES), weights)
         cfg = setup_cfg(train_parser().parse_args(argv_data))

@@ -180,6 +180,18 @@ class MixPromptClassifier(CLIPClassifier):
 
 
 # ----------------------------------------------------------------------------------------- initialisation
+#: keys that only one INIT choice reads (KMEANS_RESTARTS: kmeans, also through auto)
+INIT_ONLY_KEYS = ("INIT_FEATURES_FILE", "KMEANS_RESTARTS")
+
+
+def random_init_opts():
+    """Config opts that swap a run's initialisation for INIT random, the keys of its own INIT choice back at
+    their defaults: for rebuilding a trained run, whose checkpoint replaces the offsets anyway."""
+    defaults = default_node(MixPrompt)
+    return ["TRAINER.MIXPROMPT.INIT", "random",
+            *(opt for key in INIT_ONLY_KEYS for opt in (f"TRAINER.MIXPROMPT.{key}", str(defaults[key])))]
+
+
 def resolve_init(init, offset_space):
     """The initialisation INIT asks for: ``auto`` is kmeans in feature space and random in token space."""
     if init == "auto":

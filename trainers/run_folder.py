@@ -176,13 +176,10 @@ def load_trained(run_dir, root=None, epoch=None, opts=(), log=None):
     latest), in eval mode. ``opts`` are extra KEY VALUE config overrides; the construction messages go to
     ``log`` (a text stream; default: discarded). k-means initialisation is skipped (the checkpoint replaces
     the offsets) and data loading runs in the main process. Raises RunFolderError / UserError."""
-    from .registry import default_node, get_trainer
+    from .mixprompt import random_init_opts
 
     path, epoch = checkpoint_path(run_dir, epoch)
-    initialisation = default_node(get_trainer("MixPrompt"))  # the keys that belong to other INIT choices
-    base_opts = ["DATALOADER.NUM_WORKERS", "0", "TRAINER.MIXPROMPT.INIT", "random",
-                 "TRAINER.MIXPROMPT.INIT_FEATURES_FILE", initialisation.INIT_FEATURES_FILE,
-                 "TRAINER.MIXPROMPT.KMEANS_RESTARTS", str(initialisation.KMEANS_RESTARTS)]
+    base_opts = ["DATALOADER.NUM_WORKERS", "0", *random_init_opts()]
     with tempfile.TemporaryDirectory(prefix="run_folder-") as tmp:  # OUTPUT_DIR: nothing of the run is touched
         cfg = load_run_config(run_dir, root, [*base_opts, "OUTPUT_DIR", tmp, *opts])
         trainer = build_and_load(cfg, run_dir, epoch, log)
