@@ -49,15 +49,17 @@ P = "TRAINER.MIXPROMPT."
 # the fixed defaults' recipe before docs/mixprompt_recipe.md's changes, as opts on top of MP
 PREV_RECIPE = [P + "TRAIN_FEATURES", "augmented", "OPTIM.NAME", "sgd", "OPTIM.LR", "0.002", "OPTIM.WARMUP_EPOCH", "1",
                P + "MIXTURE_LOSS", "ce"]
-# in a setting's opts: the path of the (C, K, D) oracle_mode_split centroids for the run's K and data (written
-# by ``write_oracle_centroids`` before the run)
+# in a setting's opts: the path of the (C, K, D) oracle_mode_split (or oracle_mode_split_equal) centroids for the
+# run's K and data (written by ``write_oracle_centroids`` before the run)
 ORACLE_CENTROIDS = "<oracle_mode_split centroids>"
+ORACLE_EQUAL_CENTROIDS = "<oracle_mode_split_equal centroids>"
+ORACLE_STARTS = {ORACLE_CENTROIDS: False, ORACLE_EQUAL_CENTROIDS: True}  # placeholder -> equal parts
 # name -> (trainer, config file, extra opts, description); only MixPrompt settings depend on K. A trainer of
 # FEATURES is no train.py run: the row is computed from the frozen image features (oracle_* rows use the true modes).
 FEATURES = "features"
 # FEATURES rows that depend on K (MixPrompt's, not the true M)
 K_FEATURES = ("kmeans_k", "kmeans_k_balanced", "nmi_ceiling_balanced", "oracle_mode_split",
-              "oracle_mode_split_balanced")
+              "oracle_mode_split_balanced", "oracle_mode_split_equal")
 SETTINGS = {
     "zeroshot": ("ZeroshotCLIP", COOP, [], "zero-shot CLIP (dataset template)"),
     "linear_probe": ("LinearProbeCLIP", LINEAR_PROBE, [], "linear probe (C on val; 3-fold CV without val)"),
@@ -75,6 +77,9 @@ SETTINGS = {
                                             "split, what K sub-prompts could recover (K >= M)"),
     "oracle_mode_split_balanced": (FEATURES, "", [], "ORACLE: the same centroids, each given an equal share of the "
                                                      "class's images: NMI / purity (K >= M)"),
+    "oracle_mode_split_equal": (FEATURES, "", [], "ORACLE: each true mode's images cut into K / M equal parts (an "
+                                                  "equal-share split inside the modes), a centroid at each part's "
+                                                  "mean: NMI / purity of the nearest-centroid split (K >= M)"),
     "nmi_ceiling_balanced": (FEATURES, "", [], "BOUND: the highest NMI of any split that gives each of K sub-prompts "
                                                "an equal share of a class's images, 2 H(mode) / (H(mode) + H(split))"),
     "tip": ("TipAdapter", TIP, [], "Tip-Adapter, training-free (alpha, beta on val when there is one)"),
@@ -109,6 +114,9 @@ SETTINGS = {
     "oracle_init": ("MixPrompt", MP, [P + "INIT", "features", P + "INIT_FEATURES_FILE", ORACLE_CENTROIDS],
                     "ORACLE: the fixed defaults started with each sub-prompt at an oracle_mode_split centroid "
                     "(uses the true modes; K >= M)"),
+    "oracle_init_equal": ("MixPrompt", MP, [P + "INIT", "features", P + "INIT_FEATURES_FILE", ORACLE_EQUAL_CENTROIDS],
+                          "ORACLE: the fixed defaults started at the oracle_mode_split_equal centroids (an equal-share "
+                          "split inside the true modes; K >= M)"),
     "fixed+ce": ("MixPrompt", MP, [P + "MIXTURE_LOSS", "ce"],
                  "fixed with the cross-entropy mixture loss alone (the fixed defaults until ce_pull)"),
     "fixed+pull": ("MixPrompt", MP, [P + "MIXTURE_LOSS", "pull"],
@@ -139,10 +147,10 @@ SETTINGS = {
            ("balance", [P + "BALANCE", "sinkhorn"], "Sinkhorn-balanced E-step"))},
 }
 DEFAULT_SETTINGS = [name for name in SETTINGS
-                    if not name.startswith(("fixed-", "fixed+", "fixed_prev+")) and name != "oracle_init"]
+                    if not name.startswith(("fixed-", "fixed+", "fixed_prev+", "oracle_init"))]
 # of the FEATURES rows in references.json: 2 added the mode-mean oracle's NMI / purity, 3 the mode-split oracles,
-# 4 the accuracy of the k-means rows (nearest centroid)
-REFERENCES_VERSION = 4
+# 4 the accuracy of the k-means rows (nearest centroid), 5 oracle_mode_split_equal
+REFERENCES_VERSION = 5
 METRICS = ("accuracy", "feature_cos", "offset_cos", "eff_k", "top1_share", "dead", "collapsed", "nmi", "purity")
 ACCURACY = re.compile(r"\* accuracy: ([\d.]+)%")
 
@@ -192,7 +200,7 @@ def data_opts(args):
 
 def train_argv(args, setting, k, seed, out_dir, weights):
     trainer, config, extra, _ = SETTINGS[setting]
-    extra = [oracle_centroids_path(args, k) if opt == ORACLE_CENTROIDS else opt for opt in extra]
+    extra = [oracle_centroids_path(args, k, ORACLE_STARTS[opt]) if opt in ORACLE_STARTS else opt for opt in extra]
     opts = ["MODEL.BACKBONE.NAME", weights, "OPTIM.MAX_EPOCH", str(args.epochs), "DATALOADER.NUM_WORKERS", "0",
             "DATALOADER.TRAIN_X.BATCH_SIZE", str(args.batch_size), "DATALOADER.TEST.BATCH_SIZE", "100",
             "TRAIN.PRINT_FREQ", "1000", *data_opts(args), *extra, *args.opts]
@@ -442,10 +450,20 @@ def centroids_per_mode(mode_sizes, n_sub):
     return counts
 
 
-def mode_split_centroids(train_x, train_y, train_mode, n_sub, seed, restarts=10):
+def equal_part_means(points, centroids):
+    """(k, D): the means of the k equal parts (sizes differing by at most one) that ``balanced_assignment``
+    cuts ``points`` (N, D) into around ``centroids`` (k, D)."""
+    import torch
+
+    part = balanced_assignment(torch.cdist(points, centroids))  # (N,)
+    return torch.stack([points[part == j].mean(dim=0) for j in range(len(centroids))])
+
+
+def mode_split_centroids(train_x, train_y, train_mode, n_sub, seed, restarts=10, equal=False):
     """{class: centroids (<= n_sub, D)} put inside the true modes of each class: ``centroids_per_mode`` of them
-    per mode, by k-means on that mode's images (the lowest-inertia of ``restarts`` seeded runs). None when
-    ``n_sub`` < M."""
+    per mode, by k-means on that mode's images (the lowest-inertia of ``restarts`` seeded runs); ``equal``:
+    each moved to the mean of its equal part of the mode (``equal_part_means``), so that the parts give every
+    centroid an equal share when the mode sizes allow it. None when ``n_sub`` < M."""
     import torch
 
     from trainers.mixprompt_model import kmeans
@@ -458,16 +476,20 @@ def mode_split_centroids(train_x, train_y, train_mode, n_sub, seed, restarts=10)
         counts = centroids_per_mode([int((truth == m).sum()) for m in modes], n_sub)
         if counts is None:
             return None
-        centroids[c] = torch.cat([kmeans(points[truth == m], n, generator=generator, restarts=restarts)
-                                  for m, n in zip(modes, counts)])
+        per_mode = []
+        for m, n in zip(modes, counts):
+            mode_points = points[truth == m]
+            mode_centroids = kmeans(mode_points, n, generator=generator, restarts=restarts)  # (n, D)
+            per_mode.append(equal_part_means(mode_points, mode_centroids) if equal else mode_centroids)
+        centroids[c] = torch.cat(per_mode)
     return centroids
 
 
-def mode_split_recovery(train_x, train_y, train_mode, n_sub, seed, restarts=10, balanced=False):
+def mode_split_recovery(train_x, train_y, train_mode, n_sub, seed, restarts=10, balanced=False, equal=False):
     """ORACLE: (NMI, purity) against the true modes of the split into the ``mode_split_centroids``
     (``split_recovery``); (None, None) when ``n_sub`` < M. It tells what K sub-prompts could recover from
     these features if they knew the modes."""
-    split = mode_split_centroids(train_x, train_y, train_mode, n_sub, seed, restarts)
+    split = mode_split_centroids(train_x, train_y, train_mode, n_sub, seed, restarts, equal)
     return (None, None) if split is None else split_recovery(train_x, train_y, train_mode, split, balanced)
 
 
@@ -532,22 +554,24 @@ def data_fingerprint(args, weights):
     return digest.hexdigest()[:12]
 
 
-def oracle_centroids_path(args, k):
-    """The oracle_init start for K: one per data set and weights (``args.fingerprint``), the same for every
-    seed (the seeds vary the training from it)."""
-    return os.path.join(os.path.abspath(args.out), FEATURES, f"oracle_mode_split_K{k}_{args.fingerprint}.pt")
+def oracle_centroids_path(args, k, equal=False):
+    """The oracle_init (``equal``: oracle_init_equal) start for K: one per data set and weights
+    (``args.fingerprint``), the same for every seed (the seeds vary the training from it)."""
+    name = "oracle_mode_split_equal" if equal else "oracle_mode_split"
+    return os.path.join(os.path.abspath(args.out), FEATURES, f"{name}_K{k}_{args.fingerprint}.pt")
 
 
-def write_oracle_centroids(args, k, weights, true_mode):
+def write_oracle_centroids(args, k, weights, true_mode, equal=False):
     """Write (once) the (C, K, D) tensor of ``mode_split_centroids`` (k-means seeded with the data seed) that
-    ``oracle_init`` starts from; only a class with fewer than K training images repeats its centroids."""
+    ``oracle_init`` (``equal``: ``oracle_init_equal``) starts from; only a class with fewer than K training
+    images repeats its centroids."""
     import torch
 
-    path = oracle_centroids_path(args, k)
+    path = oracle_centroids_path(args, k, equal)
     if os.path.isfile(path):
         return path
     train_x, train_y, train_mode, _, _ = frozen_features(args, args.seeds[0], weights, true_mode)
-    split = mode_split_centroids(train_x, train_y, train_mode, k, args.data_seed)
+    split = mode_split_centroids(train_x, train_y, train_mode, k, args.data_seed, equal=equal)
     table = torch.stack([split[c][torch.arange(k) % len(split[c])] for c in sorted(split)])  # (C, K, D)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     torch.save(table, path)
@@ -588,9 +612,10 @@ def feature_references(args, seed, weights, true_mode):
                                                   train_x, train_y, train_mode, centroids)))}
         refs[reference_key("kmeans_k_balanced", k)] = dict(zip(("nmi", "purity"), split_recovery(
             train_x, train_y, train_mode, centroids, balanced=True)))
-        for setting in ("oracle_mode_split", "oracle_mode_split_balanced"):
+        for setting in ("oracle_mode_split", "oracle_mode_split_balanced", "oracle_mode_split_equal"):
             recovered = mode_split_recovery(train_x, train_y, train_mode, k, seed,
-                                            balanced=setting == "oracle_mode_split_balanced")
+                                            balanced=setting == "oracle_mode_split_balanced",
+                                            equal=setting == "oracle_mode_split_equal")
             refs[reference_key(setting, k)] = dict(zip(("nmi", "purity"), recovered))
         refs[reference_key("nmi_ceiling_balanced", k)] = {"nmi": balanced_nmi_ceiling(train_y, train_mode, k)}
     # rows of other K from earlier calls are kept
@@ -608,8 +633,9 @@ def main(argv=None):
         parser.error("--separation and --imbalance apply to --backbone random only")
     from trainers.cli import build_parser as train_parser, setup_cfg
 
-    if "oracle_init" in args.settings and min(args.K) < args.modes:
-        parser.error(f"oracle_init puts K / M sub-prompts inside each true mode: it needs K >= M (--modes "
+    oracle_starts = [s for s in args.settings if s.startswith("oracle_init")]
+    if oracle_starts and min(args.K) < args.modes:
+        parser.error(f"{oracle_starts[0]} puts K / M sub-prompts inside each true mode: it needs K >= M (--modes "
                      f"{args.modes}), got K {min(args.K)}")
     os.makedirs(args.out, exist_ok=True)
     weights = resolve_weights(args)
@@ -642,9 +668,9 @@ def main(argv=None):
             out_dir = os.path.join(args.out, FEATURES, f"seed{seed}")
         else:
             out_dir = os.path.join(args.out, setting, f"k{k}" if k else "single", f"seed{seed}")
-            if ORACLE_CENTROIDS in SETTINGS[setting][2]:
+            for placeholder in ORACLE_STARTS.keys() & set(SETTINGS[setting][2]):
                 true_mode = true_mode or benchmark_true_modes(seed)
-                write_oracle_centroids(args, k, weights, true_mode)
+                write_oracle_centroids(args, k, weights, true_mode, equal=ORACLE_STARTS[placeholder])
             argv_run = train_argv(args, setting, k, seed, out_dir, weights)
             reused = reusable(out_dir, argv_run)
             if not reused:

@@ -66,14 +66,15 @@ def test_synthetic_dataset_has_known_modes_imbalance_and_separation(tmp_path):
     assert mode_gap(0.0, tmp_path / "a") < 15 < mode_gap(1.0, tmp_path / "b")  # noise only vs distinct looks
 
 
-def test_bench_cli_original_collapses_fixed_recovers_modes(tmp_path):
+def test_bench_cli_original_collapses_fixed_recovers_modes(bench, tmp_path):
     import torch
 
     out = tmp_path / "bench"
     proc = subprocess.run(
         [sys.executable, "scripts/collapse_bench.py", "--backbone", "random", "--K", "4", "--seeds", "1", "--settings",
          "original", "fixed", "1nn", "oracle_mode_means", "oracle_kmeans", "kmeans_k", "kmeans_k_balanced",
-         "oracle_mode_split", "oracle_mode_split_balanced", "oracle_init", "tip", "--classes", "3", "--modes", "3",
+         "oracle_mode_split", "oracle_mode_split_balanced", "oracle_mode_split_equal", "oracle_init",
+         "oracle_init_equal", "tip", "--classes", "3", "--modes", "3",
          "--images-per-mode", "6", "--test-per-mode", "2", "--epochs", "8",
          "--batch-size", "8", "--out", str(out), "--json", str(out / "bench.json")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
@@ -90,6 +91,9 @@ def test_bench_cli_original_collapses_fixed_recovers_modes(tmp_path):
     # oracle_init: MixPrompt started at the oracle_mode_split centroids (written once per seed and K, (C, K, D))
     (start,) = (out / "features").glob("oracle_mode_split_K4_*.pt")  # one per K, data and weights
     assert torch.load(start).shape[:2] == (3, 4) and rows["oracle_init"]["accuracy"] is not None
+    (equal_start,) = (out / "features").glob("oracle_mode_split_equal_K4_*.pt")  # its own start, not oracle_init's
+    assert not torch.equal(torch.load(equal_start), torch.load(start))
+    assert rows["oracle_init_equal"]["accuracy"] is not None and rows["oracle_mode_split_equal"]["purity"] > 0.9
     original, fixed = rows["original"], rows["fixed"]
     assert original["collapsed"] == 1.0 and original["eff_k"] < 1.3 and original["nmi"] < 0.2
     assert fixed["collapsed"] == 0.0 and fixed["eff_k"] > 2.0 and fixed["nmi"] > original["nmi"] + 0.3
@@ -102,14 +106,14 @@ def test_bench_cli_original_collapses_fixed_recovers_modes(tmp_path):
     # references written by an older version of the feature rows are recomputed, not shown as they were
     references = out / "features" / "seed1" / "references.json"
     old = json.loads(references.read_text())
-    assert rows["oracle_mode_means"]["nmi"] > 0.5 and old.pop("version") == 4
+    assert rows["oracle_mode_means"]["nmi"] > 0.5 and old.pop("version") == bench.REFERENCES_VERSION
     references.write_text(json.dumps(old))
     refreshed = subprocess.run(
         [sys.executable, "scripts/collapse_bench.py", "--backbone", "random", "--K", "4", "--seeds", "1", "--settings",
          "oracle_kmeans", "--classes", "3", "--modes", "3", "--images-per-mode", "6", "--test-per-mode", "2",
          "--epochs", "8", "--batch-size", "8", "--out", str(out)], cwd=REPO_ROOT, capture_output=True, text=True,
         timeout=300)
-    assert "(reused)" not in refreshed.stdout and json.loads(references.read_text())["version"] == 4
+    assert "(reused)" not in refreshed.stdout and json.loads(references.read_text())["version"] == bench.REFERENCES_VERSION
     # a finished run made with other settings (here: a default changed since) is never reused or overwritten;
     # another trainer's keys do not count
     def edit_record(setting, key, value):
@@ -229,6 +233,25 @@ def test_mode_split_oracle_puts_centroids_inside_each_true_mode(bench):
     assert bench.mode_split_recovery(points, label, mode, 4, seed=0, balanced=True)[1] == pytest.approx(1.0)
     assert bench.kmeans_mode_recovery(points, label, mode, 2, seed=0)[1] < 1.0
     assert bench.mode_split_recovery(points, label, mode, 1, seed=0) == (None, None)
+
+
+def test_equal_mode_split_cuts_each_mode_into_equal_parts(bench):
+    import torch
+
+    # one class, two modes of 4 images, K 4: k-means gives mode 0's two centroids 3 images and 1 (a far
+    # outlier); the equal variant moves them to the means of an equal cut of the mode, 2 images each
+    points = torch.tensor([[0.0], [0.1], [0.2], [3.0], [10.0], [10.1], [10.2], [10.3]])
+    mode = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    label = torch.zeros(8, dtype=torch.long)
+    plain = bench.mode_split_centroids(points, label, mode, 4, seed=0)[0]
+    equal = bench.mode_split_centroids(points, label, mode, 4, seed=0, equal=True)[0]  # (4, 1)
+    assert sorted(plain[:2, 0].tolist()) == pytest.approx([0.1, 3.0])
+    assert sorted(equal[:2, 0].tolist()) == pytest.approx([0.05, 1.6])  # the means of {0, 0.1} and {0.2, 3}
+    assert sorted(equal[2:, 0].tolist()) == pytest.approx([10.05, 10.25])
+    assert bench.equal_part_means(points[:4], plain[:2]).shape == (2, 1)
+    # the centroids stay inside their modes: the nearest-centroid split is pure
+    assert bench.mode_split_recovery(points, label, mode, 4, seed=0, equal=True)[1] == pytest.approx(1.0)
+    assert bench.mode_split_centroids(points, label, mode, 1, seed=0, equal=True) is None  # K < M
 
 
 def test_balanced_nmi_ceiling_is_what_a_pure_equal_share_split_scores(bench):
