@@ -167,7 +167,7 @@ def test_world_backbone_is_the_default_with_the_documented_data(bench, tmp_path)
     opts = dict(zip(*[iter(bench.data_opts(args))] * 2))
     w = "DATASET.SYNTHETIC_WORLD."
     assert (opts[w + "NUM_CLASSES"], opts[w + "NUM_MODES"], opts[w + "TRAIN_PER_CLASS"], opts[w + "TEST_PER_CLASS"],
-            opts["INPUT.SIZE"]) == ("6", "4", "32", "16", "(32, 32)")
+            opts["INPUT.SIZE"]) == ("6", "4", "32", "64", "(32, 32)")  # 384 test images: one is 0.26 points
     argv = bench.train_argv(args, "fixed", 8, 1, str(tmp_path / "run"), "w.pt")
     assert argv[argv.index("--dataset-config-file") + 1].endswith("synthetic_world_modes.yaml")
     assert "--eval-only" not in argv
