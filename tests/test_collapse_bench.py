@@ -113,7 +113,8 @@ def test_bench_cli_original_collapses_fixed_recovers_modes(bench, tmp_path):
          "oracle_kmeans", "--classes", "3", "--modes", "3", "--images-per-mode", "6", "--test-per-mode", "2",
          "--epochs", "8", "--batch-size", "8", "--out", str(out)], cwd=REPO_ROOT, capture_output=True, text=True,
         timeout=300)
-    assert "(reused)" not in refreshed.stdout and json.loads(references.read_text())["version"] == bench.REFERENCES_VERSION
+    assert "(reused)" not in refreshed.stdout
+    assert json.loads(references.read_text())["version"] == bench.REFERENCES_VERSION
     # a finished run made with other settings (here: a default changed since) is never reused or overwritten;
     # another trainer's keys do not count
     def edit_record(setting, key, value):
