@@ -36,7 +36,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 from tabulate import tabulate  # noqa: E402
 
 from trainers.mixprompt_diagnostics import mode_recovery  # noqa: E402
-from trainers.runs import final_result, is_finished, read_record, result_settings  # noqa: E402
+from trainers.runs import final_result, is_finished, read_record, recorded_settings, result_settings  # noqa: E402
 
 MP = "configs/trainers/MixPrompt/vit_b16.yaml"
 ORIGINAL = "configs/trainers/MixPrompt/original.yaml"
@@ -248,7 +248,7 @@ def stale_settings(out_dir, argv):
     def read_by_this_trainer(key):  # another trainer's TRAINER.<NODE>.* keys cannot change this run
         return not key.startswith("TRAINER.") or key.startswith(own) or key.count(".") == 1
 
-    recorded, planned = record["settings"], result_settings(cfg)
+    recorded, planned = recorded_settings(record), result_settings(cfg)
     keys = sorted(k for k in set(recorded) | set(planned) if read_by_this_trainer(k))
     return {k: (recorded.get(k), planned.get(k)) for k in keys if recorded.get(k) != planned.get(k)}
 

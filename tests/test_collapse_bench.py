@@ -116,14 +116,18 @@ def test_bench_cli_original_collapses_fixed_recovers_modes(bench, tmp_path):
     assert "(reused)" not in refreshed.stdout
     assert json.loads(references.read_text())["version"] == bench.REFERENCES_VERSION
     # a finished run made with other settings (here: a default changed since) is never reused or overwritten;
-    # another trainer's keys do not count
-    def edit_record(setting, key, value):
+    # another trainer's keys do not count, nor a key added since with the value the run behaved as
+    def edit_record(setting, key, value=None):
         path = out / setting / "k4" / "seed1" / "result.json"
         record = json.loads(path.read_text())
-        record["settings"][key] = value
+        if value is None:
+            del record["settings"][key]  # as in a record written before the key existed
+        else:
+            record["settings"][key] = value
         path.write_text(json.dumps(record))
     edit_record("fixed", "TRAINER.MIXPROMPT.MIXTURE_LOSS", "ce")
     edit_record("original", "TRAINER.COOP.N_CTX", 99)
+    edit_record("original", "TRAINER.MIXPROMPT.SINKHORN_POWER")
     stale = subprocess.run(
         [sys.executable, "scripts/collapse_bench.py", "--backbone", "random", "--K", "4", "--seeds", "1", "--settings",
          "original", "fixed", "--classes", "3", "--modes", "3", "--images-per-mode", "6", "--test-per-mode", "2",

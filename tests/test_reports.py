@@ -395,3 +395,24 @@ def test_feature_cache_settings_do_not_split_an_experiment():
     assert settings("TRAINER.COOP.FEATURE_CACHE_EVAL", "False", "TRAINER.COOP.FEATURE_CACHE_EVAL_MAX_MB", "64",
                     "TRAINER.COOP.FEATURE_CACHE_DIR", "/tmp/cache") == plain
     assert settings("TRAINER.COOP.FEATURE_CACHE_VIEWS", "4") != plain
+
+
+def test_records_made_before_a_key_existed_read_as_the_value_they_ran_with():
+    """A MixPrompt record written before SINKHORN_POWER existed ran the balanced E-step (power 1): it reads
+    as one run of today's defaults, not as other settings; a key the trainer did not declare stays missing,
+    and a record's own value is never overwritten."""
+    from trainers.cli import build_parser, setup_cfg
+    from trainers.runs import recorded_settings
+
+    config = str(REPO_ROOT / "configs/trainers/MixPrompt/vit_b16.yaml")
+    today = result_settings(setup_cfg(build_parser().parse_args(["--trainer", "MixPrompt", "--config-file", config])))
+    older = {k: v for k, v in today.items()
+             if k not in ("TRAINER.MIXPROMPT.SINKHORN_POWER", "TRAINER.MIXPROMPT.INIT_FEATURES_FILE")}
+    assert recorded_settings({"trainer": "MixPrompt", "settings": older}) == today
+    relaxed = {**older, "TRAINER.MIXPROMPT.SINKHORN_POWER": 0.5}
+    assert recorded_settings({"trainer": "MixPrompt", "settings": relaxed})["TRAINER.MIXPROMPT.SINKHORN_POWER"] == 0.5
+    undeclared = {k: v for k, v in today.items() if k != "TRAINER.MIXPROMPT.TAU_END"}
+    assert "TRAINER.MIXPROMPT.TAU_END" not in recorded_settings({"trainer": "MixPrompt", "settings": undeclared})
+    assert recorded_settings({"trainer": "CoOp", "settings": {"A": 1}}) == {"A": 1}
+    assert recorded_settings({"trainer": "NoSuchTrainer", "settings": {"A": 1}}) == {"A": 1}
+    assert recorded_settings({"trainer": "MixPrompt"}) is None

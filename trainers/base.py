@@ -54,6 +54,9 @@ class CLIPTrainer(TrainerX):
     report_order = 100
     #: keys that change speed or memory, never a result: runs differing only there are seeds of one experiment
     result_neutral_keys = ()
+    #: {key: value} for keys added after runs were recorded: the value every run recorded before the key existed
+    #: behaved as (the default that keeps the earlier code path), read into records that lack the key
+    keys_added_later = {}
 
     def __init__(self, cfg):
         super().__init__(cfg)

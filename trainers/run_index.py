@@ -12,7 +12,7 @@ import yaml
 
 from .registry import get_trainer
 from .runs import (CONFIG_FILES, RESULT_FILE, flatten, is_ours, log_files, primary_result, read_record,  # noqa: F401
-                   result_settings, variant_pieces)
+                   recorded_settings, result_settings, variant_pieces)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -258,7 +258,7 @@ def load_run(run_dir, root, keyword="accuracy"):
     if record is not None:
         result = primary_result(record, RECORD_METRICS.get(keyword, keyword))
         status = "finished"
-        settings = record.get("settings", settings)
+        settings = recorded_settings(record) or settings
     else:
         result = None if is_ours(run_dir) else chosen["result"]  # ours: no record, not finished
         if result is not None:

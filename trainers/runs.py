@@ -114,6 +114,19 @@ def result_settings(config):
     return {k: v for k, v in flatten(config).items() if k not in neutral}
 
 
+def recorded_settings(record):
+    """A record's result-changing settings, with every key its trainer added later (``keys_added_later``)
+    that the record predates read as the value the run behaved as; None when the record has no settings."""
+    settings = record.get("settings")
+    if settings is None:
+        return None
+    try:
+        added = get_trainer(record.get("trainer", "")).keys_added_later
+    except KeyError:  # a trainer this code does not know: its settings as written
+        added = {}
+    return {**added, **settings}
+
+
 def stem(path):
     return Path(path).stem if path else ""
 
