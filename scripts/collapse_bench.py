@@ -36,7 +36,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 from tabulate import tabulate  # noqa: E402
 
 from trainers.mixprompt_diagnostics import mode_recovery  # noqa: E402
-from trainers.runs import final_result, is_finished, read_record, recorded_settings, result_settings  # noqa: E402
+from trainers.runs import complete_settings, final_result, is_finished, read_record, result_settings  # noqa: E402
 
 MP = "configs/trainers/MixPrompt/vit_b16.yaml"
 ORIGINAL = "configs/trainers/MixPrompt/original.yaml"
@@ -53,7 +53,10 @@ PREV_RECIPE = [P + "TRAIN_FEATURES", "augmented", "OPTIM.NAME", "sgd", "OPTIM.LR
 # run's K and data (written by ``write_oracle_centroids`` before the run)
 ORACLE_CENTROIDS = "<oracle_mode_split centroids>"
 ORACLE_EQUAL_CENTROIDS = "<oracle_mode_split_equal centroids>"
-ORACLE_STARTS = {ORACLE_CENTROIDS: False, ORACLE_EQUAL_CENTROIDS: True}  # placeholder -> equal parts
+ORACLE_STARTS = {ORACLE_CENTROIDS: "oracle_mode_split", ORACLE_EQUAL_CENTROIDS: "oracle_mode_split_equal"}  # -> row
+# in the start file's name: a run records the path, not the content, so a change of how the start is computed
+# must change the path (2: equal parts of exactly floor / ceil size)
+ORACLE_START_VERSION = 2
 # name -> (trainer, config file, extra opts, description); only MixPrompt settings depend on K. A trainer of
 # FEATURES is no train.py run: the row is computed from the frozen image features (oracle_* rows use the true modes).
 FEATURES = "features"
@@ -149,8 +152,9 @@ SETTINGS = {
 DEFAULT_SETTINGS = [name for name in SETTINGS
                     if not name.startswith(("fixed-", "fixed+", "fixed_prev+", "oracle_init"))]
 # of the FEATURES rows in references.json: 2 added the mode-mean oracle's NMI / purity, 3 the mode-split oracles,
-# 4 the accuracy of the k-means rows (nearest centroid), 5 oracle_mode_split_equal
-REFERENCES_VERSION = 5
+# 4 the accuracy of the k-means rows (nearest centroid), 5 oracle_mode_split_equal, 6 equal shares of exactly
+# floor / ceil size (balanced_assignment)
+REFERENCES_VERSION = 6
 METRICS = ("accuracy", "feature_cos", "offset_cos", "eff_k", "top1_share", "dead", "collapsed", "nmi", "purity")
 ACCURACY = re.compile(r"\* accuracy: ([\d.]+)%")
 
@@ -248,7 +252,7 @@ def stale_settings(out_dir, argv):
     def read_by_this_trainer(key):  # another trainer's TRAINER.<NODE>.* keys cannot change this run
         return not key.startswith("TRAINER.") or key.startswith(own) or key.count(".") == 1
 
-    recorded, planned = recorded_settings(record), result_settings(cfg)
+    recorded, planned = complete_settings(record["settings"]), result_settings(cfg)
     keys = sorted(k for k in set(recorded) | set(planned) if read_by_this_trainer(k))
     return {k: (recorded.get(k), planned.get(k)) for k in keys if recorded.get(k) != planned.get(k)}
 
@@ -370,15 +374,19 @@ def nearest_neighbour_accuracy(train_x, train_y, test_x, test_y):
 
 
 def balanced_assignment(distances):
-    """Cluster of each of N points (N,) given their distances to k centroids (N, k), each centroid taking at
-    most ceil(N / k) points, with the smallest total squared distance (an exact assignment problem)."""
+    """Cluster of each of N points (N,) given their distances to k centroids (N, k), each centroid taking
+    floor(N / k) or ceil(N / k) points, with the smallest total squared distance (an exact assignment
+    problem)."""
     import torch
     from scipy.optimize import linear_sum_assignment
 
     n_points, n_clusters = distances.shape
-    slots = -(-n_points // n_clusters)
-    cost = distances.pow(2).repeat_interleave(slots, dim=1)  # (N, k * slots): column j is a seat of cluster j // slots
-    rows, seats = linear_sum_assignment(cost.double().numpy())
+    slots, required = -(-n_points // n_clusters), n_points // n_clusters
+    cost = distances.pow(2).double().repeat_interleave(slots, dim=1)  # (N, k * slots): seat j of cluster j // slots
+    # the first floor(N / k) seats of every cluster must be taken: a bonus larger than any total cost
+    mandatory = torch.arange(n_clusters * slots) % slots < required  # (k * slots,)
+    cost[:, mandatory] -= cost.max() * n_points + 1
+    rows, seats = linear_sum_assignment(cost.numpy())
     assignment = torch.empty(n_points, dtype=torch.long)
     assignment[torch.as_tensor(rows)] = torch.as_tensor(seats) // slots
     return assignment
@@ -556,24 +564,26 @@ def data_fingerprint(args, weights):
     return digest.hexdigest()[:12]
 
 
-def oracle_centroids_path(args, k, equal=False):
-    """The oracle_init (``equal``: oracle_init_equal) start for K: one per data set and weights
-    (``args.fingerprint``), the same for every seed (the seeds vary the training from it)."""
-    name = "oracle_mode_split_equal" if equal else "oracle_mode_split"
-    return os.path.join(os.path.abspath(args.out), FEATURES, f"{name}_K{k}_{args.fingerprint}.pt")
+def oracle_centroids_path(args, k, row):
+    """The start file of oracle_init (``row`` oracle_mode_split) or oracle_init_equal (oracle_mode_split_equal)
+    for K: one per data set and weights (``args.fingerprint``) and ``ORACLE_START_VERSION``, the same for
+    every seed (the seeds vary the training from it)."""
+    name = f"{row}_v{ORACLE_START_VERSION}_K{k}_{args.fingerprint}.pt"
+    return os.path.join(os.path.abspath(args.out), FEATURES, name)
 
 
-def write_oracle_centroids(args, k, weights, true_mode, equal=False):
-    """Write (once) the (C, K, D) tensor of ``mode_split_centroids`` (k-means seeded with the data seed) that
-    ``oracle_init`` (``equal``: ``oracle_init_equal``) starts from; only a class with fewer than K training
-    images repeats its centroids."""
+def write_oracle_centroids(args, k, weights, true_mode, row):
+    """Write (once) the (C, K, D) tensor of ``row``'s ``mode_split_centroids`` that oracle_init(_equal)
+    starts from, k-means seeded with the data seed (the row itself, in references.json, with each run seed);
+    only a class with fewer than K training images repeats its centroids."""
     import torch
 
-    path = oracle_centroids_path(args, k, equal)
+    path = oracle_centroids_path(args, k, row)
     if os.path.isfile(path):
         return path
     train_x, train_y, train_mode, _, _ = frozen_features(args, args.seeds[0], weights, true_mode)
-    split = mode_split_centroids(train_x, train_y, train_mode, k, args.data_seed, equal=equal)
+    split = mode_split_centroids(train_x, train_y, train_mode, k, args.data_seed,
+                                 equal=row == "oracle_mode_split_equal")
     table = torch.stack([split[c][torch.arange(k) % len(split[c])] for c in sorted(split)])  # (C, K, D)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     torch.save(table, path)
@@ -672,7 +682,7 @@ def main(argv=None):
             out_dir = os.path.join(args.out, setting, f"k{k}" if k else "single", f"seed{seed}")
             for placeholder in ORACLE_STARTS.keys() & set(SETTINGS[setting][2]):
                 true_mode = true_mode or benchmark_true_modes(seed)
-                write_oracle_centroids(args, k, weights, true_mode, equal=ORACLE_STARTS[placeholder])
+                write_oracle_centroids(args, k, weights, true_mode, ORACLE_STARTS[placeholder])
             argv_run = train_argv(args, setting, k, seed, out_dir, weights)
             reused = reusable(out_dir, argv_run)
             if not reused:

@@ -88,11 +88,12 @@ def test_bench_cli_original_collapses_fixed_recovers_modes(bench, tmp_path):
     assert 0 <= rows["kmeans_k"]["accuracy"] <= 100 and rows["kmeans_k_balanced"]["accuracy"] is None
     assert rows["kmeans_k_balanced"]["nmi"] <= rows["kmeans_k"]["nmi"] + 1e-9
     assert rows["oracle_mode_split"]["purity"] > 0.9 and rows["oracle_mode_split_balanced"]["nmi"] is not None
-    # oracle_init: MixPrompt started at the oracle_mode_split centroids (written once per seed and K, (C, K, D))
-    (start,) = (out / "features").glob("oracle_mode_split_K4_*.pt")  # one per K, data and weights
+    # oracle_init(_equal): MixPrompt started at the oracle_mode_split(_equal) centroids, (C, K, D), written once
+    # per K, data and weights (the same for every seed)
+    (start,) = (out / "features").glob(f"oracle_mode_split_v{bench.ORACLE_START_VERSION}_K4_*.pt")
     assert torch.load(start).shape[:2] == (3, 4) and rows["oracle_init"]["accuracy"] is not None
-    (equal_start,) = (out / "features").glob("oracle_mode_split_equal_K4_*.pt")  # its own start, not oracle_init's
-    assert not torch.equal(torch.load(equal_start), torch.load(start))
+    (equal_start,) = (out / "features").glob(f"oracle_mode_split_equal_v{bench.ORACLE_START_VERSION}_K4_*.pt")
+    assert torch.load(equal_start).shape[:2] == (3, 4)
     assert rows["oracle_init_equal"]["accuracy"] is not None and rows["oracle_mode_split_equal"]["purity"] > 0.9
     original, fixed = rows["original"], rows["fixed"]
     assert original["collapsed"] == 1.0 and original["eff_k"] < 1.3 and original["nmi"] < 0.2
@@ -196,6 +197,11 @@ def test_balanced_assignment_gives_every_cluster_an_equal_share(bench):
     assert balanced[6:].tolist() == [1, 1] and balanced[4:6].tolist() == [1, 1]  # the two closest to mode 1 move
     assert nmi(mode.tolist(), distances.argmin(dim=1).tolist()) == pytest.approx(1.0)
     assert nmi(mode.tolist(), balanced.tolist()) < 0.7
+    # sizes floor(N / k) or ceil(N / k): no cluster left empty when N is not a multiple of k
+    sizes = torch.bincount(bench.balanced_assignment(torch.cdist(torch.tensor([[0.0], [0.1], [0.2], [0.3], [0.4]]),
+                                                                 torch.tensor([[0.0], [1.0], [5.0], [100.0]]))),
+                           minlength=4)
+    assert sorted(sizes.tolist()) == [1, 1, 1, 2]
     label = torch.zeros(8, dtype=torch.long)
     assert bench.kmeans_mode_recovery(points, label, mode, 2, seed=0)[0] == pytest.approx(1.0)
     assert bench.kmeans_mode_recovery(points, label, mode, 2, seed=0, balanced=True)[0] < 0.7
@@ -211,9 +217,12 @@ def test_cached_feature_rows_are_named_by_the_data_and_the_weights_content(bench
     other_data = bench.build_parser().parse_args(["--out", str(tmp_path), "--data-seed", "1"])
     assert fingerprint != bench.data_fingerprint(other_data, str(tmp_path / "a.pt"))
     args.fingerprint = fingerprint
-    assert bench.oracle_centroids_path(args, 8).endswith(f"oracle_mode_split_K8_{fingerprint}.pt")
-    with pytest.raises(SystemExit):  # oracle_init needs K >= M, said before anything runs
-        bench.main(["--K", "2", "--settings", "oracle_init", "--out", str(tmp_path / "bench")])
+    version = bench.ORACLE_START_VERSION
+    assert bench.oracle_centroids_path(args, 8, "oracle_mode_split").endswith(
+        f"oracle_mode_split_v{version}_K8_{fingerprint}.pt")
+    for setting in ("oracle_init", "oracle_init_equal"):  # they need K >= M, said before anything runs
+        with pytest.raises(SystemExit):
+            bench.main(["--K", "2", "--settings", setting, "--out", str(tmp_path / "bench")])
     assert not (tmp_path / "bench").exists()
 
 

@@ -397,22 +397,43 @@ def test_feature_cache_settings_do_not_split_an_experiment():
     assert settings("TRAINER.COOP.FEATURE_CACHE_VIEWS", "4") != plain
 
 
-def test_records_made_before_a_key_existed_read_as_the_value_they_ran_with():
+def test_settings_written_before_a_key_existed_read_as_the_value_they_ran_with():
     """A MixPrompt record written before SINKHORN_POWER existed ran the balanced E-step (power 1): it reads
-    as one run of today's defaults, not as other settings; a key the trainer did not declare stays missing,
-    and a record's own value is never overwritten."""
+    as today's defaults, not as other settings; an undeclared missing key stays missing, and a record's own
+    value is never overwritten."""
     from trainers.cli import build_parser, setup_cfg
-    from trainers.runs import recorded_settings
+    from trainers.runs import complete_settings
 
     config = str(REPO_ROOT / "configs/trainers/MixPrompt/vit_b16.yaml")
     today = result_settings(setup_cfg(build_parser().parse_args(["--trainer", "MixPrompt", "--config-file", config])))
     older = {k: v for k, v in today.items()
              if k not in ("TRAINER.MIXPROMPT.SINKHORN_POWER", "TRAINER.MIXPROMPT.INIT_FEATURES_FILE")}
-    assert recorded_settings({"trainer": "MixPrompt", "settings": older}) == today
-    relaxed = {**older, "TRAINER.MIXPROMPT.SINKHORN_POWER": 0.5}
-    assert recorded_settings({"trainer": "MixPrompt", "settings": relaxed})["TRAINER.MIXPROMPT.SINKHORN_POWER"] == 0.5
+    assert complete_settings(older) == today
+    assert complete_settings({**older, "TRAINER.MIXPROMPT.SINKHORN_POWER": 0.5})[
+        "TRAINER.MIXPROMPT.SINKHORN_POWER"] == 0.5
     undeclared = {k: v for k, v in today.items() if k != "TRAINER.MIXPROMPT.TAU_END"}
-    assert "TRAINER.MIXPROMPT.TAU_END" not in recorded_settings({"trainer": "MixPrompt", "settings": undeclared})
-    assert recorded_settings({"trainer": "CoOp", "settings": {"A": 1}}) == {"A": 1}
-    assert recorded_settings({"trainer": "NoSuchTrainer", "settings": {"A": 1}}) == {"A": 1}
-    assert recorded_settings({"trainer": "MixPrompt"}) is None
+    assert "TRAINER.MIXPROMPT.TAU_END" not in complete_settings(undeclared)
+    assert complete_settings(None) is None
+
+
+def test_parse_results_groups_runs_recorded_before_a_key_existed(tmp_path):
+    """Seed 1 recorded before TRAINER.MIXPROMPT.SINKHORN_POWER existed, seed 2 with today's 1.0: seeds of one
+    experiment; a run with 0.5 is a row of its own, and so is an unfinished run (config only) with 0.5."""
+    out = tmp_path / "output"
+    power = "TRAINER.MIXPROMPT.SINKHORN_POWER"
+    for root, seed, value, finished in (("a", 1, None, True), ("a", 2, 1.0, True), ("b", 1, 0.5, True),
+                                        ("b", 2, 0.5, False)):
+        run = out / root / "dtd" / "CoOp" / "rn50_2shots" / "nctx4_cscFalse_ctpend" / f"seed{seed}"
+        config = COOP_CONFIG.format(out=run, seed=seed, final="last_step")
+        if value is not None:
+            config = config.replace("\nTRAINER:\n", f"\nTRAINER:\n  MIXPROMPT:\n    SINKHORN_POWER: {value}\n", 1)
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(config)
+        if finished:
+            write(run / "log.txt", coop_log(str(run), seed, 40.0 + seed))
+            settings = result_settings(yaml.safe_load(config))
+            assert (power in settings) == (value is not None)
+            write_record(run, {"trainer": "CoOp", "config": "rn50", "eval_only": False, "seed": seed,
+                               "results": {"test": {"accuracy": 40.0 + seed}}, "settings": settings})
+    rows = markdown_rows(run_tool("parse_results.py", out).stdout)
+    assert sorted((r["config"], r["n"]) for r in rows) == [(f"rn50 [{power}=0.5]", "1"), (f"rn50 [{power}=1.0]", "2")]

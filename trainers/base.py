@@ -8,6 +8,7 @@ Evaluation computes the text features once per ``test()`` call, never once per t
 test-transform features of the evaluation splits are encoded once per run by default (exact; bounded by
 ``FEATURE_CACHE_EVAL_MAX_MB``), augmented training views only when ``FEATURE_CACHE_VIEWS`` asks for them.
 """
+import types
 from contextlib import nullcontext
 
 import torch
@@ -55,8 +56,8 @@ class CLIPTrainer(TrainerX):
     #: keys that change speed or memory, never a result: runs differing only there are seeds of one experiment
     result_neutral_keys = ()
     #: {key: value} for keys added after runs were recorded: the value every run recorded before the key existed
-    #: behaved as (the default that keeps the earlier code path), read into records that lack the key
-    keys_added_later = {}
+    #: behaved as, read into records and saved configs that lack the key (``runs.complete_settings``)
+    keys_added_later = types.MappingProxyType({})
 
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -352,9 +352,11 @@ class MixPrompt(CLIPTrainer):
     cfg_node = "MIXPROMPT"
     variant_keys = (VariantKey("TRAINER.MIXPROMPT.K", flag="--K", folder="k{}", help="sub-prompts per class"),)
     result_neutral_keys = ("TRAINER.MIXPROMPT.ENCODE_CHUNK",)
-    # each added with the default that keeps the earlier code path (PULL_SHARE came with MIXTURE_LOSS ce_pull,
-    # so no earlier run read it)
-    keys_added_later = {"TRAINER.MIXPROMPT.PULL_SHARE": 0.5, "TRAINER.MIXPROMPT.SINKHORN_POWER": 1.0,
+    # the value runs recorded before each key existed behaved as: the earlier code path (PULL_SHARE came with
+    # MIXTURE_LOSS ce_pull, so no earlier run read it; earlier runs trained on augmented views). None of them
+    # changes evaluation, so loading an old run (run_folder.load_trained) needs no such reading.
+    keys_added_later = {"TRAINER.MIXPROMPT.TRAIN_FEATURES": "augmented", "TRAINER.MIXPROMPT.KMEANS_RESTARTS": 1,
+                        "TRAINER.MIXPROMPT.PULL_SHARE": 0.5, "TRAINER.MIXPROMPT.SINKHORN_POWER": 1.0,
                         "TRAINER.MIXPROMPT.INIT_FEATURES_FILE": ""}
     report_order = 40
 

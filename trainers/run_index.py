@@ -12,7 +12,7 @@ import yaml
 
 from .registry import get_trainer
 from .runs import (CONFIG_FILES, RESULT_FILE, flatten, is_ours, log_files, primary_result, read_record,  # noqa: F401
-                   recorded_settings, result_settings, variant_pieces)
+                   complete_settings, result_settings, variant_pieces)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -254,11 +254,12 @@ def load_run(run_dir, root, keyword="accuracy"):
     elif eval_only and few_shot(method):
         cfg_name = f"{cfg_name} (eval)"  # a trained model evaluated elsewhere (e.g. CoOp's eval.sh)
 
-    settings = result_settings(config) if config else None
+    settings = complete_settings(result_settings(config)) if config else None
     if record is not None:
         result = primary_result(record, RECORD_METRICS.get(keyword, keyword))
         status = "finished"
-        settings = recorded_settings(record) or settings
+        if record.get("settings") is not None:
+            settings = complete_settings(record["settings"])
     else:
         result = None if is_ours(run_dir) else chosen["result"]  # ours: no record, not finished
         if result is not None:

@@ -35,7 +35,7 @@ from pathlib import Path
 from engine.checkpoint import atomic_write_text
 from engine.errors import UserError
 
-from .registry import get_trainer
+from .registry import all_trainers, get_trainer
 
 RESULT_FILE = "result.json"
 RECORD_VERSION = 1
@@ -114,17 +114,19 @@ def result_settings(config):
     return {k: v for k, v in flatten(config).items() if k not in neutral}
 
 
-def recorded_settings(record):
-    """A record's result-changing settings, with every key its trainer added later (``keys_added_later``)
-    that the record predates read as the value the run behaved as; None when the record has no settings."""
-    settings = record.get("settings")
-    if settings is None:
-        return None
-    try:
-        added = get_trainer(record.get("trainer", "")).keys_added_later
-    except KeyError:  # a trainer this code does not know: its settings as written
-        added = {}
-    return {**added, **settings}
+def keys_added_later():
+    """{key: value}: every trainer's ``keys_added_later`` (each resolved config holds every trainer's node,
+    so a run of any trainer recorded before a key existed lacks it)."""
+    keys = {}
+    for trainer in all_trainers():
+        keys.update(trainer.keys_added_later)
+    return keys
+
+
+def complete_settings(settings):
+    """A run's result-changing settings (from its record or its saved config) with every key added after it
+    was written read as the value the run behaved as (``keys_added_later``); None stays None."""
+    return None if settings is None else {**keys_added_later(), **settings}
 
 
 def stem(path):
