@@ -252,7 +252,7 @@ def stale_settings(out_dir, argv):
     def read_by_this_trainer(key):  # another trainer's TRAINER.<NODE>.* keys cannot change this run
         return not key.startswith("TRAINER.") or key.startswith(own) or key.count(".") == 1
 
-    recorded, planned = complete_settings(record["settings"]), result_settings(cfg)
+    recorded, planned = complete_settings(record["settings"], record.get("trainer")), result_settings(cfg)
     keys = sorted(k for k in set(recorded) | set(planned) if read_by_this_trainer(k))
     return {k: (recorded.get(k), planned.get(k)) for k in keys if recorded.get(k) != planned.get(k)}
 

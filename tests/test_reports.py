@@ -408,32 +408,37 @@ def test_settings_written_before_a_key_existed_read_as_the_value_they_ran_with()
     today = result_settings(setup_cfg(build_parser().parse_args(["--trainer", "MixPrompt", "--config-file", config])))
     older = {k: v for k, v in today.items()
              if k not in ("TRAINER.MIXPROMPT.SINKHORN_POWER", "TRAINER.MIXPROMPT.INIT_FEATURES_FILE")}
-    assert complete_settings(older) == today
-    assert complete_settings({**older, "TRAINER.MIXPROMPT.SINKHORN_POWER": 0.5})[
+    assert complete_settings(older, "MixPrompt") == today
+    assert complete_settings({**older, "TRAINER.MIXPROMPT.SINKHORN_POWER": 0.5}, "MixPrompt")[
         "TRAINER.MIXPROMPT.SINKHORN_POWER"] == 0.5
     undeclared = {k: v for k, v in today.items() if k != "TRAINER.MIXPROMPT.TAU_END"}
-    assert "TRAINER.MIXPROMPT.TAU_END" not in complete_settings(undeclared)
-    assert complete_settings(None) is None
+    assert "TRAINER.MIXPROMPT.TAU_END" not in complete_settings(undeclared, "MixPrompt")
+    assert complete_settings(None, "MixPrompt") is None
+    # another trainer's runs: MixPrompt's keys are not theirs to fill (CoOp's record predates TRAIN_FEATURES,
+    # whose earlier value, augmented, is not today's default)
+    assert complete_settings(older, "CoOp") == older
+    assert complete_settings({"A": 1}, None) == {"A": 1} == complete_settings({"A": 1}, "NoSuchTrainer")
 
 
 def test_parse_results_groups_runs_recorded_before_a_key_existed(tmp_path):
-    """Seed 1 recorded before TRAINER.MIXPROMPT.SINKHORN_POWER existed, seed 2 with today's 1.0: seeds of one
-    experiment; a run with 0.5 is a row of its own, and so is an unfinished run (config only) with 0.5."""
+    """MixPrompt seed 1 recorded before TRAINER.MIXPROMPT.SINKHORN_POWER existed, seed 2 with today's 1.0:
+    seeds of one experiment; a run with 0.5 is a row of its own, and so is an unfinished run (config only)
+    with 0.5."""
     out = tmp_path / "output"
     power = "TRAINER.MIXPROMPT.SINKHORN_POWER"
     for root, seed, value, finished in (("a", 1, None, True), ("a", 2, 1.0, True), ("b", 1, 0.5, True),
                                         ("b", 2, 0.5, False)):
-        run = out / root / "dtd" / "CoOp" / "rn50_2shots" / "nctx4_cscFalse_ctpend" / f"seed{seed}"
-        config = COOP_CONFIG.format(out=run, seed=seed, final="last_step")
-        if value is not None:
-            config = config.replace("\nTRAINER:\n", f"\nTRAINER:\n  MIXPROMPT:\n    SINKHORN_POWER: {value}\n", 1)
+        run = out / root / "dtd" / "MixPrompt" / "rn50_2shots" / "k8" / f"seed{seed}"
+        mixprompt = "  NAME: MixPrompt\n  MIXPROMPT:\n    K: 8\n" + (f"    SINKHORN_POWER: {value}\n" if value else "")
+        config = COOP_CONFIG.format(out=run, seed=seed, final="last_step").replace("\nTRAINER:\n",
+                                                                                  "\nTRAINER:\n" + mixprompt, 1)
         run.mkdir(parents=True)
         (run / "config.yaml").write_text(config)
         if finished:
             write(run / "log.txt", coop_log(str(run), seed, 40.0 + seed))
             settings = result_settings(yaml.safe_load(config))
             assert (power in settings) == (value is not None)
-            write_record(run, {"trainer": "CoOp", "config": "rn50", "eval_only": False, "seed": seed,
+            write_record(run, {"trainer": "MixPrompt", "config": "rn50", "eval_only": False, "seed": seed,
                                "results": {"test": {"accuracy": 40.0 + seed}}, "settings": settings})
     rows = markdown_rows(run_tool("parse_results.py", out).stdout)
     assert sorted((r["config"], r["n"]) for r in rows) == [(f"rn50 [{power}=0.5]", "1"), (f"rn50 [{power}=1.0]", "2")]

@@ -56,7 +56,7 @@ class CLIPTrainer(TrainerX):
     #: keys that change speed or memory, never a result: runs differing only there are seeds of one experiment
     result_neutral_keys = ()
     #: {key: value} for keys added after runs were recorded: the value every run recorded before the key existed
-    #: behaved as, read into records and saved configs that lack the key (``runs.complete_settings``)
+    #: behaved as, read into this trainer's records and saved configs that lack it (``runs.complete_settings``)
     keys_added_later = types.MappingProxyType({})
 
     def __init__(self, cfg):

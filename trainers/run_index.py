@@ -254,12 +254,12 @@ def load_run(run_dir, root, keyword="accuracy"):
     elif eval_only and few_shot(method):
         cfg_name = f"{cfg_name} (eval)"  # a trained model evaluated elsewhere (e.g. CoOp's eval.sh)
 
-    settings = complete_settings(result_settings(config)) if config else None
+    settings = complete_settings(result_settings(config), method) if config else None
     if record is not None:
         result = primary_result(record, RECORD_METRICS.get(keyword, keyword))
         status = "finished"
         if record.get("settings") is not None:
-            settings = complete_settings(record["settings"])
+            settings = complete_settings(record["settings"], method)
     else:
         result = None if is_ours(run_dir) else chosen["result"]  # ours: no record, not finished
         if result is not None:

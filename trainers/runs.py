@@ -35,7 +35,7 @@ from pathlib import Path
 from engine.checkpoint import atomic_write_text
 from engine.errors import UserError
 
-from .registry import all_trainers, get_trainer
+from .registry import get_trainer
 
 RESULT_FILE = "result.json"
 RECORD_VERSION = 1
@@ -114,19 +114,18 @@ def result_settings(config):
     return {k: v for k, v in flatten(config).items() if k not in neutral}
 
 
-def keys_added_later():
-    """{key: value}: every trainer's ``keys_added_later`` (each resolved config holds every trainer's node,
-    so a run of any trainer recorded before a key existed lacks it)."""
-    keys = {}
-    for trainer in all_trainers():
-        keys.update(trainer.keys_added_later)
-    return keys
-
-
-def complete_settings(settings):
-    """A run's result-changing settings (from its record or its saved config) with every key added after it
-    was written read as the value the run behaved as (``keys_added_later``); None stays None."""
-    return None if settings is None else {**keys_added_later(), **settings}
+def complete_settings(settings, trainer_name):
+    """A run's result-changing settings (from its record or its saved config) with every key its trainer
+    added after it was written read as the value the run behaved as (``keys_added_later``). Only the run's
+    own trainer's keys: another trainer's node cannot change the run, and its earlier values may differ from
+    today's defaults. None stays None; a trainer this code does not know keeps its settings as written."""
+    if settings is None:
+        return None
+    try:
+        added = get_trainer(trainer_name or "").keys_added_later
+    except KeyError:
+        added = {}
+    return {**added, **settings}
 
 
 def stem(path):
