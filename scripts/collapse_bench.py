@@ -334,38 +334,32 @@ def true_modes(args, cfg):
                                 settings_name(cfg.DATASET.SYNTHETIC)))
 
 
-def nearest_mode_mean_accuracy(train_x, train_y, train_mode, test_x, test_y):
-    """ORACLE: test accuracy (%) of the nearest (cosine) L2-normalised mean of each true (class, mode) of
-    the training features; the predicted class is that of the nearest mean."""
+def mode_means(train_x, train_y, train_mode):
+    """ORACLE centroids {class: (M, D)}: the L2-normalised mean of each true (class, mode) of the training
+    features (unit-norm features, so the nearest in distance is the nearest in cosine)."""
     import torch
     import torch.nn.functional as F
 
-    keys = sorted(set(zip(train_y.tolist(), train_mode.tolist())))
-    means = torch.stack([train_x[(train_y == c) & (train_mode == m)].mean(0) for c, m in keys])
-    classes = torch.tensor([c for c, _ in keys])
-    pred = classes[(test_x @ F.normalize(means, dim=-1).t()).argmax(dim=1)]
-    return (pred == test_y).float().mean().item() * 100
+    means = {}
+    for c in sorted(set(train_y.tolist())):
+        points, truth = train_x[train_y == c], train_mode[train_y == c]
+        means[c] = F.normalize(torch.stack([points[truth == m].mean(0) for m in sorted(set(truth.tolist()))]),
+                               dim=-1)
+    return means
+
+
+def nearest_mode_mean_accuracy(train_x, train_y, train_mode, test_x, test_y):
+    """ORACLE: test accuracy (%) of the nearest (cosine) true (class, mode) mean (``mode_means``); the
+    predicted class is that of the nearest mean."""
+    return nearest_centroid_accuracy(mode_means(train_x, train_y, train_mode), test_x, test_y)
 
 
 def nearest_mode_mean_recovery(train_x, train_y, train_mode):
-    """ORACLE: (NMI, purity) against the true modes of sending each training image to the nearest (cosine) true
-    mode mean of its own class, per class then averaged: the modes that one sub-prompt at each true mode's
-    mean would recover from these features (modes that overlap, or spread beyond one blob around their mean,
-    keep it below 1)."""
-    import torch
-    import torch.nn.functional as F
-
-    from trainers.mixprompt_diagnostics import nmi, purity
-
-    nmis, purities = [], []
-    for c in sorted(set(train_y.tolist())):
-        points, truth = train_x[train_y == c], train_mode[train_y == c]
-        modes = sorted(set(truth.tolist()))
-        means = F.normalize(torch.stack([points[truth == m].mean(0) for m in modes]), dim=-1)  # (M, D)
-        assignment = (points @ means.t()).argmax(dim=1).tolist()
-        nmis.append(nmi(truth.tolist(), assignment))
-        purities.append(purity(truth.tolist(), assignment))
-    return sum(nmis) / len(nmis), sum(purities) / len(purities)
+    """ORACLE: (NMI, purity) against the true modes of sending each training image to the nearest true mode
+    mean of its own class (``split_recovery``): the modes that one sub-prompt at each true mode's mean would
+    recover from these features (modes that overlap, or spread beyond one blob around their mean, keep it
+    below 1)."""
+    return split_recovery(train_x, train_y, train_mode, mode_means(train_x, train_y, train_mode))
 
 
 def nearest_neighbour_accuracy(train_x, train_y, test_x, test_y):

@@ -199,11 +199,15 @@ def resolve_init(init, offset_space):
     return init
 
 
+def init_features_copy(cfg):
+    """The copy of its starting features that an INIT features run keeps in its OUTPUT_DIR."""
+    return os.path.join(cfg.OUTPUT_DIR, INIT_FEATURES_COPY)
+
+
 def init_features_source(cfg):
-    """The file INIT features loads: INIT_FEATURES_FILE when it exists, else the copy a run keeps in its
-    OUTPUT_DIR (so a resumed run does not need the original); None when neither exists."""
-    path = cfg.TRAINER.MIXPROMPT.INIT_FEATURES_FILE
-    copy = os.path.join(cfg.OUTPUT_DIR, INIT_FEATURES_COPY)
+    """The file INIT features loads: INIT_FEATURES_FILE when it exists, else the run's own copy
+    (``init_features_copy``: a resumed run does not need the original); None when neither exists."""
+    path, copy = cfg.TRAINER.MIXPROMPT.INIT_FEATURES_FILE, init_features_copy(cfg)
     return path if path and os.path.isfile(path) else copy if os.path.isfile(copy) else None
 
 
@@ -420,7 +424,7 @@ class MixPrompt(CLIPTrainer):
         elif init == "features":
             source = init_features_source(self.cfg)
             start = load_init_features(source, shape)  # (C, K, D)
-            copy = os.path.join(self.cfg.OUTPUT_DIR, INIT_FEATURES_COPY)
+            copy = init_features_copy(self.cfg)
             if is_main_process() and source != copy:
                 os.makedirs(self.cfg.OUTPUT_DIR, exist_ok=True)
                 torch.save(start, copy)
@@ -671,7 +675,7 @@ def validate_mixprompt_cfg(cfg):
         if init_features_source(cfg) is None:
             raise ConfigError(f'{key}.INIT_FEATURES_FILE: INIT features needs an existing file, got '
                               f'"{m.INIT_FEATURES_FILE}" (a resumed run also finds its copy, '
-                              f'{os.path.join(cfg.OUTPUT_DIR, INIT_FEATURES_COPY)}). To evaluate a trained run '
+                              f'{init_features_copy(cfg)}). To evaluate a trained run '
                               f"without it, set {key}.INIT random: the checkpoint replaces the offsets.")
     if resolve_init(m.INIT, m.OFFSET_SPACE) != "kmeans" and m.KMEANS_RESTARTS != defaults.KMEANS_RESTARTS:
         raise ConfigError(f"{key}.KMEANS_RESTARTS is set to {m.KMEANS_RESTARTS} but applies only when {key}.INIT "
