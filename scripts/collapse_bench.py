@@ -48,7 +48,7 @@ P = "TRAINER.MIXPROMPT."
 
 # the fixed defaults' recipe before docs/mixprompt_recipe.md's changes, as opts on top of MP
 PREV_RECIPE = [P + "TRAIN_FEATURES", "augmented", "OPTIM.NAME", "sgd", "OPTIM.LR", "0.002", "OPTIM.WARMUP_EPOCH", "1",
-               P + "MIXTURE_LOSS", "ce"]
+               P + "MIXTURE_LOSS", "ce", P + "ZEROSHOT_WEIGHT", "0.0"]
 # in a setting's opts: the path of the (C, K, D) oracle_mode_split (or oracle_mode_split_equal) centroids for the
 # run's K and data (written by ``write_oracle_centroids`` before the run)
 ORACLE_CENTROIDS = "<oracle_mode_split centroids>"
@@ -129,6 +129,8 @@ SETTINGS = {
     "fixed-diversity": ("MixPrompt", MP, [P + "DIVERSITY", "none"], "fixed without diversity"),
     "fixed-init_kmeans": ("MixPrompt", MP, [P + "INIT", "random"], "fixed with random init"),
     "fixed-tau": ("MixPrompt", MP, [P + "TAU_END", "0.05"], "fixed with the original final tau"),
+    "fixed-zeroshot": ("MixPrompt", MP, [P + "ZEROSHOT_WEIGHT", "0.0"],
+                       "fixed without the zero-shot residual (the fixed defaults until 2026-12-03)"),
     # the earlier system (seed.yaml; docs/seed_analysis.md): its 2000 of 15,270 warm-up steps on Cars scaled to
     # 16 of this benchmark's 120, its per-coordinate init std 0.01 at D = 512 scaled to the tiny CLIP's D = 64
     # (0.0283: the same initial offset norm 0.23 and feature cosine 0.95)

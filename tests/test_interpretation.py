@@ -201,6 +201,22 @@ def test_runs_started_from_features_or_tuned_kmeans_reload_without_their_initial
         assert trainer.loaded_epoch == 1
 
 
+def test_a_run_saved_before_a_key_existed_reloads_as_it_was_trained(runs, tmp_path):
+    """A run whose saved config predates a key that changes evaluation (MixPrompt's ZEROSHOT_WEIGHT) is rebuilt
+    with the value it was trained with (keys_added_later: no residual), not with today's default."""
+    from trainers.run_folder import CONFIG_NAMES, load_trained
+
+    old = tmp_path / "old_run"
+    shutil.copytree(runs["feature"], old)
+    for name in CONFIG_NAMES:
+        if (old / name).is_file():
+            lines = (old / name).read_text().splitlines(keepends=True)
+            assert any("ZEROSHOT_WEIGHT: 0.5" in line for line in lines)
+            (old / name).write_text("".join(line for line in lines if "ZEROSHOT_WEIGHT" not in line))
+    assert load_trained(runs["feature"], root=runs["data"]).model.zeroshot_weight == 0.5
+    assert load_trained(old, root=runs["data"]).model.zeroshot_weight == 0.0
+
+
 # ------------------------------------------------------------------------------------------ nearest tokens
 def test_interpret_reads_mixprompt_token_context_and_subprompts(runs, capsys):
     proc = ok(run_script("interpret_prompt.py", runs["token"], "--json", "--topk", "3", "--class-index", "1", "2"))

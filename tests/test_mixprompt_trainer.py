@@ -262,3 +262,50 @@ def test_sample_classes_correction_and_remapped_labels():
         classes, _, correction = sample_classes(labels, 10, 4, generator=gen)
         estimates.append((scores[classes] + correction).exp().sum())
     assert abs(torch.stack(estimates).mean() / scores.exp().sum() - 1) < 0.03
+
+
+def test_zeroshot_residual_adds_the_class_text_score_to_the_pooled_logits(build_trainer_for):
+    """Inference logits = pool_k(a cos(f, t[c, k])) + ZEROSHOT_WEIGHT * a * cos(f, b[c]), computed here from
+    the model's own features; weight 0 gives the pooled sub-prompt scores alone."""
+    from trainers.mixprompt_model import pool_scores
+
+    opts = ["TRAINER.MIXPROMPT.K", "3", "TRAINER.MIXPROMPT.INIT", "random"]
+    for weight in (0.0, 0.5, 2.0):
+        trainer = build_trainer_for("MixPrompt", config=MP,
+                                    opts=opts + ["TRAINER.MIXPROMPT.ZEROSHOT_WEIGHT", str(weight)])
+        model = trainer.model
+        subprompts = model.text_features()  # (C, K, D)
+        base = model.prompt_learner.base_features  # (C, D)
+        generator = torch.Generator().manual_seed(1)
+        image_features = torch.nn.functional.normalize(torch.randn(5, base.shape[1], generator=generator), dim=-1)
+        with torch.no_grad():
+            logits = model.logits(image_features, subprompts)  # (B, C)
+        scale = trainer.cfg.TRAINER.MIXPROMPT.SIM_SCALE
+        expected = (torch.logsumexp(scale * torch.einsum("bd,ckd->bck", image_features, subprompts), -1)
+                    - math.log(3) + weight * scale * image_features @ base.t())
+        torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-4)
+        if weight == 0.0:
+            torch.testing.assert_close(logits, pool_scores(model.scores(image_features, subprompts), "lse"))
+
+
+def test_zeroshot_residual_trains_the_class_loss_and_leaves_the_e_step_alone(build_trainer_for):
+    """In training the residual enters every (class, sub-prompt) score of its class: the loss changes with the
+    weight, the E-step targets (responsibilities within the image's own class) do not."""
+    opts = ["TRAINER.MIXPROMPT.K", "3", "TRAINER.MIXPROMPT.INIT", "random"]
+    losses, gammas = [], []
+    for weight in ("0.0", "1.0"):
+        trainer = build_trainer_for("MixPrompt", config=MP, opts=opts + ["TRAINER.MIXPROMPT.ZEROSHOT_WEIGHT", weight])
+        batch = _batch(trainer)
+        losses.append(_loss_and_grads(trainer, batch)[0])
+        gammas.append(trainer._epoch_gamma.clone())
+    assert not torch.isclose(losses[0], losses[1])
+    torch.testing.assert_close(gammas[0], gammas[1])
+
+
+def test_zeroshot_weight_applies_in_feature_space_only(build_trainer_for):
+    token = build_trainer_for("MixPrompt", config=MP, opts=TOKEN)  # the default weight: not used, no error
+    assert token.model.zeroshot_residual(torch.zeros(2, 64)) is None
+    with pytest.raises(ConfigError, match=r"TRAINER\.MIXPROMPT\.ZEROSHOT_WEIGHT is set to 1\.0 but applies only"):
+        build_trainer_for("MixPrompt", config=MP, opts=TOKEN + ["TRAINER.MIXPROMPT.ZEROSHOT_WEIGHT", "1.0"])
+    with pytest.raises(ConfigError, match=r"TRAINER\.MIXPROMPT\.ZEROSHOT_WEIGHT: must be >= 0"):
+        build_trainer_for("MixPrompt", config=MP, opts=["TRAINER.MIXPROMPT.ZEROSHOT_WEIGHT", "-0.5"])

@@ -153,6 +153,7 @@ class MixPromptClassifier(CLIPClassifier):
         super().__init__(clip_model)
         m = cfg.TRAINER.MIXPROMPT
         self.sim_scale = m.SIM_SCALE
+        self.zeroshot_weight = m.ZEROSHOT_WEIGHT if m.OFFSET_SPACE == "feature" else 0.0  # token: no frozen b[c]
         self.eval_pool = m.EVAL_POOL or m.POOL
         self.chunk_size = m.ENCODE_CHUNK
         self.encode_checkpoint = m.ENCODE_CHECKPOINT
@@ -175,8 +176,20 @@ class MixPromptClassifier(CLIPClassifier):
     def scores(self, image_features, subprompt_features):
         return mm.subprompt_scores(image_features.float(), subprompt_features, self.sim_scale)  # (B, C, K)
 
+    def zeroshot_residual(self, image_features, classes=None):
+        """(B, S): ZEROSHOT_WEIGHT * SIM_SCALE * cos(f, b[c]) for all classes or ``classes`` (S,), the frozen
+        class text feature's zero-shot score added to every sub-prompt score of its class; None when the
+        weight is 0 or in token space (no frozen class feature there; a weight set in token space is refused)."""
+        if not self.zeroshot_weight:
+            return None
+        base = self.prompt_learner.base_features  # (C, D)
+        base = base if classes is None else base[classes]  # (S, D)
+        return self.zeroshot_weight * self.sim_scale * image_features.float() @ base.t()
+
     def logits(self, image_features, subprompt_features):
-        return mm.pool_scores(self.scores(image_features, subprompt_features), self.eval_pool)  # (B, C)
+        logits = mm.pool_scores(self.scores(image_features, subprompt_features), self.eval_pool)  # (B, C)
+        residual = self.zeroshot_residual(image_features)
+        return logits if residual is None else logits + residual
 
 
 # ----------------------------------------------------------------------------------------- initialisation
@@ -297,6 +310,11 @@ def add_mixprompt_config(cfg):
     m.POOL = "lse"  # pooling of sub-prompt scores into class scores in training: max | lse | mean
     m.EVAL_POOL = ""  # pooling at inference ("" = POOL)
     m.CLASS_TEMPERATURE = 1.0  # class loss = CE(pool(s) / CLASS_TEMPERATURE); the earlier system: 0.07
+    # feature space only: w in score(c) = pool_k s[c, k] + w * SIM_SCALE * cos(f, b[c]), the frozen class text
+    # feature's zero-shot score kept as a residual in training (added to every pair score of the class, so the
+    # sub-prompts learn what zero-shot misses) and at inference; 0 = off (the defaults until 2026-12-03).
+    # Chosen in docs/mixprompt_recipe.md, "A zero-shot residual".
+    m.ZEROSHOT_WEIGHT = 0.5
     m.OFFSET_REG_WEIGHT = 0.0001  # L2 on the raw offsets
     # sum_d: w * mean over sub-prompts of |delta|^2 | mean: w * mean of delta^2 over all numbers (D x weaker)
     m.OFFSET_REG_REDUCTION = "sum_d"
@@ -346,6 +364,7 @@ MODE_KEYS = {
     "SINKHORN_POWER": ("BALANCE", ("sinkhorn",)),
     "ENTROPY_WEIGHT": ("ENTROPY", ("image_detached", "image")),
     "PULL_SHARE": ("MIXTURE_LOSS", ("ce_pull",)),
+    "ZEROSHOT_WEIGHT": ("OFFSET_SPACE", ("feature",)),
     "INIT_FEATURES_FILE": ("INIT", ("features",)),
 }
 
@@ -357,11 +376,12 @@ class MixPrompt(CLIPTrainer):
     variant_keys = (VariantKey("TRAINER.MIXPROMPT.K", flag="--K", folder="k{}", help="sub-prompts per class"),)
     result_neutral_keys = ("TRAINER.MIXPROMPT.ENCODE_CHUNK",)
     # the value runs recorded before each key existed behaved as: the earlier code path (PULL_SHARE came with
-    # MIXTURE_LOSS ce_pull, so no earlier run read it; earlier runs trained on augmented views). None of them
-    # changes evaluation, so loading an old run (run_folder.load_trained) needs no such reading.
+    # MIXTURE_LOSS ce_pull, so no earlier run read it; earlier runs trained on augmented views, without the
+    # zero-shot residual). ZEROSHOT_WEIGHT changes evaluation: rebuilding an old run (run_folder.load_trained)
+    # sets each key its saved config lacks to this value.
     keys_added_later = {"TRAINER.MIXPROMPT.TRAIN_FEATURES": "augmented", "TRAINER.MIXPROMPT.KMEANS_RESTARTS": 1,
                         "TRAINER.MIXPROMPT.PULL_SHARE": 0.5, "TRAINER.MIXPROMPT.SINKHORN_POWER": 1.0,
-                        "TRAINER.MIXPROMPT.INIT_FEATURES_FILE": ""}
+                        "TRAINER.MIXPROMPT.INIT_FEATURES_FILE": "", "TRAINER.MIXPROMPT.ZEROSHOT_WEIGHT": 0.0}
     report_order = 40
 
     @staticmethod
@@ -506,6 +526,9 @@ class MixPrompt(CLIPTrainer):
         sampled, target, correction = mm.sample_classes(label, self.num_classes, m.CLASS_SAMPLE)
         features = self.model.text_features(sampled)  # (S, K, D); S = C unless CLASS_SAMPLE
         scores = self.model.scores(image_features, features)  # (B, S, K)
+        residual = self.model.zeroshot_residual(image_features, sampled)  # (B, S)
+        if residual is not None:  # constant over a class's sub-prompts: the E-step and pull are unchanged
+            scores = scores + residual[:, :, None]
         scores = scores + correction[None, :, None]  # sampled-softmax correction (zero for all classes)
         own = mm.own_class_scores(scores, target)  # (B, K)
         if m.BALANCE == "sinkhorn":
@@ -647,7 +670,7 @@ def validate_mixprompt_cfg(cfg):
         if not m[name] > 0:
             raise ConfigError(f"{key}.{name}: must be positive, got {m[name]}")
     for name in ("OFFSET_REG_WEIGHT", "DIVERSITY_WEIGHT", "BALANCE_WEIGHT", "ENTROPY_WEIGHT", "OFFSET_INIT_SCALE",
-                 "ENCODE_CHUNK", "CLASS_SAMPLE", "WARMUP_STEPS"):
+                 "ZEROSHOT_WEIGHT", "ENCODE_CHUNK", "CLASS_SAMPLE", "WARMUP_STEPS"):
         if m[name] < 0:
             raise ConfigError(f"{key}.{name}: must be >= 0, got {m[name]}")
     if m.TRAIN_FEATURES == "clean" and m.get("FEATURE_CACHE_VIEWS", 0) > 0:

@@ -97,17 +97,36 @@ def check_data_root(cfg, config_path, root_given):
 
 
 def load_run_config(run_dir, root=None, opts=(), check_data=True):
-    """The run's resolved config through train.py's own merge (defaults, then the run's config, then
-    ``opts``), with ``DATASET.ROOT`` replaced by ``root`` when given. With ``check_data`` the data root
-    must exist."""
+    """The run's resolved config through train.py's own merge (defaults, then the keys added after the run
+    was written at the values it behaved as (``added_key_opts``), then the run's config, then ``opts``), with
+    ``DATASET.ROOT`` replaced by ``root`` when given. With ``check_data`` the data root must exist."""
     config_path = find_run_config(run_dir)
     from .cli import build_parser, setup_cfg
 
-    argv = ["--config-file", config_path, *(["--root", str(root)] if root else []), *map(str, opts)]
+    argv = ["--config-file", config_path, *(["--root", str(root)] if root else []),
+            *map(str, [*added_key_opts(config_path), *opts])]
     cfg = setup_cfg(build_parser().parse_args(argv))
     if check_data:
         check_data_root(cfg, config_path, bool(root))
     return cfg
+
+
+def added_key_opts(config_path):
+    """KEY VALUE opts that give every key the run's trainer added after ``config_path`` was written the value
+    the run behaved as (the trainer's ``keys_added_later``): an old run is rebuilt as it was trained, not
+    with today's default (e.g. MixPrompt's ZEROSHOT_WEIGHT, which changes evaluation)."""
+    import yaml
+
+    from .registry import get_trainer
+    from .runs import flatten
+
+    with open(config_path) as f:
+        saved = flatten(yaml.safe_load(f) or {})
+    try:
+        added = get_trainer(saved.get("TRAINER.NAME") or "").keys_added_later
+    except KeyError:
+        added = {}
+    return [item for key, value in added.items() if key not in saved for item in (key, value)]
 
 
 def load_classnames(run_dir, root=None):
