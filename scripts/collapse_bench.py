@@ -61,7 +61,7 @@ ORACLE_START_VERSION = 2
 # FEATURES is no train.py run: the row is computed from the frozen image features (oracle_* rows use the true modes).
 FEATURES = "features"
 # FEATURES rows that depend on K (MixPrompt's, not the true M)
-K_FEATURES = ("kmeans_k", "kmeans_k_balanced", "nmi_ceiling_balanced", "oracle_mode_split",
+K_FEATURES = ("kmeans_k", "kmeans_k_balanced", "kmeans_k_balanced_em", "nmi_ceiling_balanced", "oracle_mode_split",
               "oracle_mode_split_balanced", "oracle_mode_split_equal")
 SETTINGS = {
     "zeroshot": ("ZeroshotCLIP", COOP, [], "zero-shot CLIP (dataset template)"),
@@ -75,6 +75,11 @@ SETTINGS = {
                                    "training), NMI / purity of its nearest-centroid split"),
     "kmeans_k_balanced": (FEATURES, "", [], "the same centroids, each given an equal share of the class's images "
                                             "(what a balanced E-step allows): NMI / purity"),
+    "kmeans_k_balanced_em": (FEATURES, "", [], "the same centroids refined by hard EM with equal shares (an equal-share "
+                                               "assignment, then each centroid at its part's normalised mean, until the "
+                                               "parts stop changing): the balanced E-step's clustering alone, without "
+                                               "text or training; NMI / purity of its nearest-centroid split, accuracy "
+                                               "as prototypes"),
     "oracle_mode_split": (FEATURES, "", [], "ORACLE: K centroids placed inside the true modes (k-means on each "
                                             "mode's images, K / M per mode): NMI / purity of the nearest-centroid "
                                             "split, what K sub-prompts could recover (K >= M)"),
@@ -155,8 +160,8 @@ DEFAULT_SETTINGS = [name for name in SETTINGS
                     if not name.startswith(("fixed-", "fixed+", "fixed_prev+", "oracle_init"))]
 # of the FEATURES rows in references.json: 2 added the mode-mean oracle's NMI / purity, 3 the mode-split oracles,
 # 4 the accuracy of the k-means rows (nearest centroid), 5 oracle_mode_split_equal, 6 equal shares of exactly
-# floor / ceil size (balanced_assignment)
-REFERENCES_VERSION = 6
+# floor / ceil size (balanced_assignment), 7 kmeans_k_balanced_em
+REFERENCES_VERSION = 7
 METRICS = ("accuracy", "feature_cos", "offset_cos", "eff_k", "top1_share", "dead", "collapsed", "nmi", "purity")
 ACCURACY = re.compile(r"\* accuracy: ([\d.]+)%")
 
@@ -419,6 +424,26 @@ def split_recovery(train_x, train_y, train_mode, centroids, balanced=False):
     return sum(nmis) / len(nmis), sum(purities) / len(purities)
 
 
+def balanced_hard_em(points, centroids, max_iters=100):
+    """(k, D) unit centroids after hard EM with equal shares from ``centroids`` (k, D) on the unit-norm
+    ``points`` (N, D): each round gives every centroid an equal share of the points (``balanced_assignment``)
+    and moves it to its part's L2-normalised mean, until the parts stop changing (at most ``max_iters``
+    rounds). The clustering a balanced E-step with hard responsibilities converges to, as sub-prompts that
+    are unit directions scored by cosine."""
+    import torch
+    import torch.nn.functional as F
+
+    centroids = F.normalize(centroids, dim=-1)
+    part = None
+    for _ in range(max_iters):
+        new_part = balanced_assignment(torch.cdist(points, centroids))  # (N,)
+        if part is not None and torch.equal(new_part, part):
+            break
+        part = new_part
+        centroids = F.normalize(torch.stack([points[part == j].mean(dim=0) for j in range(len(centroids))]), dim=-1)
+    return centroids
+
+
 def kmeans_mode_recovery(train_x, train_y, train_mode, n_clusters, seed, restarts=10, balanced=False):
     """(NMI, purity) against the true modes of per-class k-means with ``n_clusters`` (``class_kmeans``; the
     ORACLE when it is the true number of modes), by ``split_recovery``."""
@@ -620,6 +645,10 @@ def feature_references(args, seed, weights, true_mode):
                                                   train_x, train_y, train_mode, centroids)))}
         refs[reference_key("kmeans_k_balanced", k)] = dict(zip(("nmi", "purity"), split_recovery(
             train_x, train_y, train_mode, centroids, balanced=True)))
+        refined = {c: balanced_hard_em(train_x[train_y == c], v) for c, v in centroids.items()}
+        refs[reference_key("kmeans_k_balanced_em", k)] = {
+            "accuracy": nearest_centroid_accuracy(refined, test_x, test_y),
+            **dict(zip(("nmi", "purity"), split_recovery(train_x, train_y, train_mode, refined)))}
         for setting in ("oracle_mode_split", "oracle_mode_split_balanced", "oracle_mode_split_equal"):
             recovered = mode_split_recovery(train_x, train_y, train_mode, k, seed,
                                             balanced=setting == "oracle_mode_split_balanced",

@@ -72,7 +72,7 @@ def test_bench_cli_original_collapses_fixed_recovers_modes(bench, tmp_path):
     out = tmp_path / "bench"
     proc = subprocess.run(
         [sys.executable, "scripts/collapse_bench.py", "--backbone", "random", "--K", "4", "--seeds", "1", "--settings",
-         "original", "fixed", "1nn", "oracle_mode_means", "oracle_kmeans", "kmeans_k", "kmeans_k_balanced",
+         "original", "fixed", "1nn", "oracle_mode_means", "oracle_kmeans", "kmeans_k", "kmeans_k_balanced", "kmeans_k_balanced_em",
          "oracle_mode_split", "oracle_mode_split_balanced", "oracle_mode_split_equal", "oracle_init",
          "oracle_init_equal", "tip", "--classes", "3", "--modes", "3",
          "--images-per-mode", "6", "--test-per-mode", "2", "--epochs", "8",
@@ -87,6 +87,7 @@ def test_bench_cli_original_collapses_fixed_recovers_modes(bench, tmp_path):
     assert rows["kmeans_k"]["K"] == 4 and rows["kmeans_k"]["purity"] > 0.9
     assert 0 <= rows["kmeans_k"]["accuracy"] <= 100 and rows["kmeans_k_balanced"]["accuracy"] is None
     assert rows["kmeans_k_balanced"]["nmi"] <= rows["kmeans_k"]["nmi"] + 1e-9
+    assert rows["kmeans_k_balanced_em"]["accuracy"] is not None and rows["kmeans_k_balanced_em"]["purity"] > 0.5
     assert rows["oracle_mode_split"]["purity"] > 0.9 and rows["oracle_mode_split_balanced"]["nmi"] is not None
     # oracle_init(_equal): MixPrompt started at the oracle_mode_split(_equal) centroids, (C, K, D), written once
     # per K, data and weights (the same for every seed)
@@ -205,6 +206,27 @@ def test_balanced_assignment_gives_every_cluster_an_equal_share(bench):
     label = torch.zeros(8, dtype=torch.long)
     assert bench.kmeans_mode_recovery(points, label, mode, 2, seed=0)[0] == pytest.approx(1.0)
     assert bench.kmeans_mode_recovery(points, label, mode, 2, seed=0, balanced=True)[0] < 0.7
+
+
+def test_balanced_hard_em_moves_centroids_to_equal_parts_and_stops(bench):
+    import math
+
+    import torch
+
+    # one class on the unit circle: 4 images around 0 degrees, 4 around 90; both centroids start inside the first
+    def unit(degrees):
+        radians = torch.tensor(degrees) * math.pi / 180
+        return torch.stack([radians.cos(), radians.sin()], dim=1)
+
+    points = unit([-4.0, -2.0, 2.0, 4.0, 86.0, 88.0, 92.0, 94.0])  # (8, 2)
+    start = unit([-3.0, 3.0])  # (2, 2)
+    assert torch.cdist(points, start).argmin(dim=1).tolist() == [0, 0] + [1] * 6  # free shares: 2 and 6
+    refined = bench.balanced_hard_em(points, start)
+    assert torch.allclose(refined.norm(dim=1), torch.ones(2))
+    assert torch.allclose(refined, torch.tensor([[1.0, 0.0], [0.0, 1.0]]), atol=1e-6)  # the two groups' directions
+    # a fixed point: another round changes nothing, and the split is the groups
+    assert torch.allclose(bench.balanced_hard_em(points, refined, max_iters=1), refined)
+    assert torch.cdist(points, refined).argmin(dim=1).tolist() == [0] * 4 + [1] * 4
 
 
 def test_cached_feature_rows_are_named_by_the_data_and_the_weights_content(bench, tmp_path):
