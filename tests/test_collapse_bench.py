@@ -221,6 +221,9 @@ def test_balanced_hard_em_moves_centroids_to_equal_parts_and_stops(bench):
     points = unit([-4.0, -2.0, 2.0, 4.0, 86.0, 88.0, 92.0, 94.0])  # (8, 2)
     start = unit([-3.0, 3.0])  # (2, 2)
     assert torch.cdist(points, start).argmin(dim=1).tolist() == [0, 0] + [1] * 6  # free shares: 2 and 6
+    # one round already gives each centroid one group: equal shares force 4 / 4 (free shares would move the
+    # second centroid only to the mean of its 6 images, about 64 degrees)
+    assert torch.allclose(bench.balanced_hard_em(points, start, max_iters=1), unit([0.0, 90.0]), atol=1e-6)
     refined = bench.balanced_hard_em(points, start)
     assert torch.allclose(refined.norm(dim=1), torch.ones(2))
     assert torch.allclose(refined, torch.tensor([[1.0, 0.0], [0.0, 1.0]]), atol=1e-6)  # the two groups' directions

@@ -201,20 +201,47 @@ def test_runs_started_from_features_or_tuned_kmeans_reload_without_their_initial
         assert trainer.loaded_epoch == 1
 
 
-def test_a_run_saved_before_a_key_existed_reloads_as_it_was_trained(runs, tmp_path):
+def saved_before_zeroshot_weight(run_dir, copy):
+    """A copy of ``run_dir`` whose saved configs lack TRAINER.MIXPROMPT.ZEROSHOT_WEIGHT, as a run written before
+    the key existed."""
+    from trainers.run_folder import CONFIG_NAMES
+
+    shutil.copytree(run_dir, copy)
+    for name in CONFIG_NAMES:
+        if (copy / name).is_file():
+            lines = (copy / name).read_text().splitlines(keepends=True)
+            assert any("ZEROSHOT_WEIGHT: 0.5" in line for line in lines)
+            (copy / name).write_text("".join(line for line in lines if "ZEROSHOT_WEIGHT" not in line))
+    return copy
+
+
+@pytest.mark.parametrize("space", ["feature", "token"])
+def test_a_run_saved_before_a_key_existed_reloads_as_it_was_trained(runs, tmp_path, space):
     """A run whose saved config predates a key that changes evaluation (MixPrompt's ZEROSHOT_WEIGHT) is rebuilt
     with the value it was trained with (keys_added_later: no residual), not with today's default."""
-    from trainers.run_folder import CONFIG_NAMES, load_trained
+    from trainers.run_folder import load_trained
 
-    old = tmp_path / "old_run"
-    shutil.copytree(runs["feature"], old)
-    for name in CONFIG_NAMES:
-        if (old / name).is_file():
-            lines = (old / name).read_text().splitlines(keepends=True)
-            assert any("ZEROSHOT_WEIGHT: 0.5" in line for line in lines)
-            (old / name).write_text("".join(line for line in lines if "ZEROSHOT_WEIGHT" not in line))
-    assert load_trained(runs["feature"], root=runs["data"]).model.zeroshot_weight == 0.5
+    old = saved_before_zeroshot_weight(runs[space], tmp_path / "old_run")
+    assert load_trained(runs[space], root=runs["data"]).model.zeroshot_weight == 0.5
     assert load_trained(old, root=runs["data"]).model.zeroshot_weight == 0.0
+
+
+def test_eval_only_of_a_model_saved_before_a_key_existed_uses_the_value_it_was_trained_with(runs, tmp_path):
+    """train.py --eval-only --model-dir reads the model folder's saved config: a key added since is set to the
+    value the model was trained with, and said so; a key given on the command line wins."""
+    import yaml
+
+    old = saved_before_zeroshot_weight(runs["feature"], tmp_path / "old_run")
+
+    def evaluate(out, *opts):
+        ok(subprocess.run([warm_python(), "train.py", "--config-file", old / "config.yaml", "--root", runs["data"],
+                           "--eval-only", "--model-dir", old, "--load-epoch", "3", "--output-dir", out, *opts],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=script_env()))
+        return yaml.safe_load((out / "config.yaml").read_text())["TRAINER"]["MIXPROMPT"]["ZEROSHOT_WEIGHT"]
+
+    assert evaluate(tmp_path / "eval") == 0.0
+    assert "trained before TRAINER.MIXPROMPT.ZEROSHOT_WEIGHT = 0.0 existed" in (tmp_path / "eval" / "log.txt").read_text()
+    assert evaluate(tmp_path / "eval_given", "TRAINER.MIXPROMPT.ZEROSHOT_WEIGHT", "0.25") == 0.25
 
 
 # ------------------------------------------------------------------------------------------ nearest tokens

@@ -95,8 +95,8 @@ def test_eval_cache_matches_uncached_and_is_invalidated_by_a_step_and_a_load(bui
     # a key of another mode, set away from its default, would be silently ignored: refused
     (["TRAINER.MIXPROMPT.N_CTX", "8"], "TRAINER.MIXPROMPT.N_CTX is set to 8 but applies only with "
                                         "TRAINER.MIXPROMPT.OFFSET_SPACE token"),
-    (["TRAINER.MIXPROMPT.OFFSET_SPACE", "token", "TRAINER.MIXPROMPT.TEMPLATES", "dataset"],
-     "TRAINER.MIXPROMPT.TEMPLATES"),
+    (["TRAINER.MIXPROMPT.OFFSET_SPACE", "token", "TRAINER.MIXPROMPT.ZEROSHOT_WEIGHT", "0.0",
+      "TRAINER.MIXPROMPT.TEMPLATES", "dataset"], "TRAINER.MIXPROMPT.TEMPLATES is set"),
     (["TRAINER.MIXPROMPT.BALANCE_WEIGHT", "0.5"], "TRAINER.MIXPROMPT.BALANCE_WEIGHT"),
     (["TRAINER.MIXPROMPT.BALANCE", "none", "TRAINER.MIXPROMPT.SINKHORN_ITERS", "10"], "SINKHORN_ITERS"),
     (["TRAINER.MIXPROMPT.DIVERSITY", "none", "TRAINER.MIXPROMPT.DIVERSITY_WEIGHT", "0.5"], "DIVERSITY_WEIGHT"),
@@ -288,24 +288,48 @@ def test_zeroshot_residual_adds_the_class_text_score_to_the_pooled_logits(build_
             torch.testing.assert_close(logits, pool_scores(model.scores(image_features, subprompts), "lse"))
 
 
-def test_zeroshot_residual_trains_the_class_loss_and_leaves_the_e_step_alone(build_trainer_for):
-    """In training the residual enters every (class, sub-prompt) score of its class: the loss changes with the
-    weight, the E-step targets (responsibilities within the image's own class) do not."""
-    opts = ["TRAINER.MIXPROMPT.K", "3", "TRAINER.MIXPROMPT.INIT", "random"]
-    losses, gammas = [], []
-    for weight in ("0.0", "1.0"):
-        trainer = build_trainer_for("MixPrompt", config=MP, opts=opts + ["TRAINER.MIXPROMPT.ZEROSHOT_WEIGHT", weight])
-        batch = _batch(trainer)
-        losses.append(_loss_and_grads(trainer, batch)[0])
-        gammas.append(trainer._epoch_gamma.clone())
-    assert not torch.isclose(losses[0], losses[1])
-    torch.testing.assert_close(gammas[0], gammas[1])
+@pytest.mark.parametrize("class_sample", ["0", "2"])
+def test_zeroshot_residual_enters_the_training_scores_of_the_scored_classes_only(build_trainer_for, monkeypatch,
+                                                                                 class_sample):
+    """In training the residual is added to every sub-prompt score of each scored class: the pooled class
+    scores compute_loss returns move by w * a * cos(f, b[c]) of the scored classes c (all 4, or CLASS_SAMPLE 2),
+    the loss changes, and the E-step targets (responsibilities within the image's own class) do not."""
+    import trainers.mixprompt as mixprompt
+
+    opts = ["TRAINER.MIXPROMPT.K", "3", "TRAINER.MIXPROMPT.INIT", "random", "TRAINER.MIXPROMPT.BALANCE", "none",
+            "TRAINER.MIXPROMPT.CLASS_SAMPLE", class_sample]
+    gammas, original = [], mixprompt.mm.responsibilities
+    monkeypatch.setattr(mixprompt.mm, "responsibilities", lambda *a: gammas.append(original(*a)) or gammas[-1])
+    results = {}
+    for weight in (0.0, 1.0):
+        trainer = build_trainer_for("MixPrompt", config=MP, opts=opts + ["TRAINER.MIXPROMPT.ZEROSHOT_WEIGHT", str(weight)])
+        batch = {key: value[:1] for key, value in _batch(trainer).items()}  # one image: 1 batch class + 1 drawn
+        seen, text_features = [], trainer.model.text_features
+        trainer.model.text_features = lambda classes=None: seen.append(classes) or text_features(classes)
+        trainer.epoch, trainer.batch_idx = 0, 0
+        trainer.before_epoch()
+        torch.manual_seed(5)  # the same sampled classes for both weights
+        loss, pooled, _ = trainer.compute_loss(batch)
+        image_features, _ = trainer.batch_image_features(batch)
+        results[weight] = (loss.detach(), pooled.detach(), seen[0], image_features, gammas[-1].detach())
+    (loss0, pooled0, classes0, features, gamma0), (loss1, pooled1, classes1, _, gamma1) = results[0.0], results[1.0]
+    assert torch.equal(classes0, classes1) and len(classes0) == (4 if class_sample == "0" else 2)
+    scale = trainer.cfg.TRAINER.MIXPROMPT.SIM_SCALE
+    expected = scale * features.float() @ trainer.model.zeroshot_features[classes0].t()  # (B, S)
+    torch.testing.assert_close(pooled1 - pooled0, expected, rtol=1e-4, atol=1e-3)
+    assert not torch.isclose(loss0, loss1)
+    torch.testing.assert_close(gamma0, gamma1)
 
 
-def test_zeroshot_weight_applies_in_feature_space_only(build_trainer_for):
-    token = build_trainer_for("MixPrompt", config=MP, opts=TOKEN)  # the default weight: not used, no error
-    assert token.model.zeroshot_residual(torch.zeros(2, 64)) is None
-    with pytest.raises(ConfigError, match=r"TRAINER\.MIXPROMPT\.ZEROSHOT_WEIGHT is set to 1\.0 but applies only"):
-        build_trainer_for("MixPrompt", config=MP, opts=TOKEN + ["TRAINER.MIXPROMPT.ZEROSHOT_WEIGHT", "1.0"])
+def test_zeroshot_residual_in_token_space_and_its_settings(build_trainer_for):
+    """Token space encodes the class text features for the residual (TEMPLATES) when the weight is not 0; with
+    weight 0 a TEMPLATES setting would be ignored and is refused; a negative weight is refused."""
+    token = build_trainer_for("MixPrompt", config=MP, opts=TOKEN)  # the default weight 0.5
+    features = torch.nn.functional.normalize(torch.randn(2, token.model.zeroshot_features.shape[1]), dim=-1)
+    scale = token.cfg.TRAINER.MIXPROMPT.SIM_SCALE
+    torch.testing.assert_close(token.model.zeroshot_residual(features),
+                               0.5 * scale * features @ token.model.zeroshot_features.t())
+    off = build_trainer_for("MixPrompt", config=MP, opts=TOKEN + ["TRAINER.MIXPROMPT.ZEROSHOT_WEIGHT", "0.0"])
+    assert off.model.zeroshot_residual(features) is None and off.model.zeroshot_features is None
     with pytest.raises(ConfigError, match=r"TRAINER\.MIXPROMPT\.ZEROSHOT_WEIGHT: must be >= 0"):
         build_trainer_for("MixPrompt", config=MP, opts=["TRAINER.MIXPROMPT.ZEROSHOT_WEIGHT", "-0.5"])

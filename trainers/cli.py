@@ -25,6 +25,7 @@ from engine.errors import ConfigError, fault_exit, quiet_fixable_thread_errors
 from engine.run_lock import hold_run_lock
 from engine.utils import check_wandb_cfg, quiet_other_ranks
 
+from .run_folder import opts_for_saved_model
 from .runs import build_record, write_record
 
 DESCRIPTION = "Train or evaluate a CLIP prompt-learning method, with CoOp's command line."
@@ -175,6 +176,9 @@ def evaluate_on_main(trainer):
 
 def run(args):
     """One run of ``train.py`` (parsed ``args``): config, lock, log, trainer, training or evaluation, record."""
+    older = opts_for_saved_model(args.model_dir, args.opts or []) if args.eval_only and args.model_dir else []
+    if older:  # a model trained before its trainer added these keys is evaluated as it was trained
+        args.opts = [*older, *(args.opts or [])]
     cfg = setup_cfg(args)
     check_wandb_cfg(cfg)
     cfg = start_distributed(cfg)
@@ -193,6 +197,10 @@ def run(args):
         save_resolved_config(cfg)
         print("Collecting env info ...")
         print(f"** System info **\n{collect_env_info()}\n")
+    if older:
+        print(f"Note: {args.model_dir} was trained before "
+              + ", ".join(f"{k} = {v}" for k, v in zip(older[::2], older[1::2]))
+              + " existed; evaluating it with that value, as it was trained (set the key to override)")
     started = time.time()
     trainer = build_trainer(cfg)
     check_dataset_images(trainer.dm.dataset)  # every split, before any training or evaluation

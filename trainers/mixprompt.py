@@ -153,14 +153,18 @@ class MixPromptClassifier(CLIPClassifier):
         super().__init__(clip_model)
         m = cfg.TRAINER.MIXPROMPT
         self.sim_scale = m.SIM_SCALE
-        self.zeroshot_weight = m.ZEROSHOT_WEIGHT if m.OFFSET_SPACE == "feature" else 0.0  # token: no frozen b[c]
+        self.zeroshot_weight = m.ZEROSHOT_WEIGHT
         self.eval_pool = m.EVAL_POOL or m.POOL
         self.chunk_size = m.ENCODE_CHUNK
         self.encode_checkpoint = m.ENCODE_CHECKPOINT
-        if m.OFFSET_SPACE == "feature":
+        base = None
+        if m.OFFSET_SPACE == "feature" or m.ZEROSHOT_WEIGHT:  # the frozen class text features b[c]
             prompts = class_prompts(cfg.DATASET.NAME, classnames, metadata, m.TEMPLATES)
-            print(f"Base class features from {len(prompts[0])} template(s) per class, e.g. {prompts[0]}")
+            print(f"Class text features from {len(prompts[0])} template(s) per class, e.g. {prompts[0]}")
             base = encode_prompt_sets(self.text_encoder, prompts)  # (C, D)
+        # the zero-shot residual's class features (the same b[c] as feature-space sub-prompts start from)
+        self.register_buffer("zeroshot_features", None if base is None else base.float(), persistent=False)
+        if m.OFFSET_SPACE == "feature":
             self.prompt_learner = FeatureSubprompts(base, m.K, m.SCOPE)
         else:
             self.prompt_learner = TokenSubprompts(self.text_encoder, classnames, m.K, m.SCOPE, m.N_CTX, m.CTX_INIT,
@@ -179,11 +183,10 @@ class MixPromptClassifier(CLIPClassifier):
     def zeroshot_residual(self, image_features, classes=None):
         """(B, S): ZEROSHOT_WEIGHT * SIM_SCALE * cos(f, b[c]) for all classes or ``classes`` (S,), the frozen
         class text feature's zero-shot score added to every sub-prompt score of its class; None when the
-        weight is 0 or in token space (no frozen class feature there; a weight set in token space is refused)."""
+        weight is 0."""
         if not self.zeroshot_weight:
             return None
-        base = self.prompt_learner.base_features  # (C, D)
-        base = base if classes is None else base[classes]  # (S, D)
+        base = self.zeroshot_features if classes is None else self.zeroshot_features[classes]  # (S, D)
         return self.zeroshot_weight * self.sim_scale * image_features.float() @ base.t()
 
     def logits(self, image_features, subprompt_features):
@@ -285,7 +288,8 @@ def add_mixprompt_config(cfg):
     # large label spaces: classes per training step (the batch's classes plus uniformly sampled others, with
     # the sampled-softmax logit correction); 0 = all classes (exact). See docs/performance.md.
     m.CLASS_SAMPLE = 0
-    # feature space only: templates of the frozen base class feature b[c]
+    # templates of the frozen class text feature b[c] (feature-space sub-prompts start from it; the zero-shot
+    # residual scores it)
     m.TEMPLATES = "hierarchical"  # dataset | ensemble | hierarchical (class metadata; else ensemble)
     # EM temperature, annealed by iteration from TAU_START to TAU_END
     m.TAU_START = 1.0
@@ -310,8 +314,8 @@ def add_mixprompt_config(cfg):
     m.POOL = "lse"  # pooling of sub-prompt scores into class scores in training: max | lse | mean
     m.EVAL_POOL = ""  # pooling at inference ("" = POOL)
     m.CLASS_TEMPERATURE = 1.0  # class loss = CE(pool(s) / CLASS_TEMPERATURE); the earlier system: 0.07
-    # feature space only: w in score(c) = pool_k s[c, k] + w * SIM_SCALE * cos(f, b[c]), the frozen class text
-    # feature's zero-shot score kept as a residual in training (added to every pair score of the class, so the
+    # w in score(c) = pool_k s[c, k] + w * SIM_SCALE * cos(f, b[c]), b[c] the frozen class text feature (TEMPLATES):
+    # its zero-shot score kept as a residual in training (added to every pair score of the class, so the
     # sub-prompts learn what zero-shot misses) and at inference; 0 = off (the defaults until 2026-12-03).
     # Chosen in docs/mixprompt_recipe.md, "A zero-shot residual".
     m.ZEROSHOT_WEIGHT = 0.5
@@ -356,7 +360,6 @@ def add_mixprompt_config(cfg):
 MODE_KEYS = {
     **{key: ("OFFSET_SPACE", ("token",)) for key in ("N_CTX", "CTX_INIT", "CLASS_TOKEN_POSITION", "ENCODE_CHUNK",
                                                       "ENCODE_CHECKPOINT")},
-    "TEMPLATES": ("OFFSET_SPACE", ("feature",)),
     "DIVERSITY_WEIGHT": ("DIVERSITY", ("cosine", "orthogonal")),
     "BALANCE_WEIGHT": ("BALANCE", ("marginal_entropy",)),
     "BALANCE_MOMENTUM": ("BALANCE", ("marginal_entropy",)),
@@ -364,7 +367,6 @@ MODE_KEYS = {
     "SINKHORN_POWER": ("BALANCE", ("sinkhorn",)),
     "ENTROPY_WEIGHT": ("ENTROPY", ("image_detached", "image")),
     "PULL_SHARE": ("MIXTURE_LOSS", ("ce_pull",)),
-    "ZEROSHOT_WEIGHT": ("OFFSET_SPACE", ("feature",)),
     "INIT_FEATURES_FILE": ("INIT", ("features",)),
 }
 
@@ -397,7 +399,7 @@ class MixPrompt(CLIPTrainer):
             rows.append((f"MixPrompt token K{k}", common + ["TRAINER.MIXPROMPT.OFFSET_SPACE", "token",
                                                             *cls.context_opts(context_length)]))
         return rows
-    checkpoint_ignored_keys = ("token_prefix", "token_suffix", "tokenized_prompts", "base_features")
+    checkpoint_ignored_keys = ("token_prefix", "token_suffix", "tokenized_prompts", "base_features", "zeroshot_features")
     checkpoint_class_sized_keys = ("running_usage",)
 
     def check_cfg(self, cfg):
@@ -407,7 +409,7 @@ class MixPrompt(CLIPTrainer):
     def build_clip_model(self, classnames, clip_model):
         m = self.cfg.TRAINER.MIXPROMPT
         metadata = getattr(self.dm.dataset, "class_metadata", None)
-        if m.TEMPLATES == "hierarchical" and metadata is None and m.OFFSET_SPACE == "feature":
+        if m.TEMPLATES == "hierarchical" and metadata is None and (m.OFFSET_SPACE == "feature" or m.ZEROSHOT_WEIGHT):
             print(f"Note: {self.cfg.DATASET.NAME} provides no class metadata; hierarchical templates fall "
                   "back to the ensemble (dataset template + IMAGENET_TEMPLATES_SELECT)")
         model = MixPromptClassifier(self.cfg, classnames, clip_model, metadata).to(self.device)
@@ -687,6 +689,9 @@ def validate_mixprompt_cfg(cfg):
         raise ConfigError(f'{key}.INIT: "{m.INIT}" initialises offsets in feature space; token-space offsets '
                           "support INIT auto, random or random_coordinate")
     defaults = default_node(MixPrompt)
+    if m.OFFSET_SPACE == "token" and not m.ZEROSHOT_WEIGHT and m.TEMPLATES != defaults.TEMPLATES:
+        raise ConfigError(f"{key}.TEMPLATES is set to {m.TEMPLATES!r} but no class text feature is encoded: token "
+                          f"space reads it only for the zero-shot residual, and {key}.ZEROSHOT_WEIGHT is 0")
     for name, (mode, applies) in MODE_KEYS.items():
         if m[mode] not in applies and m[name] != defaults[name]:
             raise ConfigError(f"{key}.{name} is set to {m[name]!r} but applies only with {key}.{mode} "

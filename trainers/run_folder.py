@@ -97,9 +97,10 @@ def check_data_root(cfg, config_path, root_given):
 
 
 def load_run_config(run_dir, root=None, opts=(), check_data=True):
-    """The run's resolved config through train.py's own merge (defaults, then the keys added after the run
-    was written at the values it behaved as (``added_key_opts``), then the run's config, then ``opts``), with
-    ``DATASET.ROOT`` replaced by ``root`` when given. With ``check_data`` the data root must exist."""
+    """The run's resolved config through train.py's own merge (defaults, then the run's config, then the keys its
+    trainer added after it was written, which the config cannot hold, at the values the run behaved as
+    (``added_key_opts``), then ``opts``), with ``DATASET.ROOT`` replaced by ``root`` when given. With
+    ``check_data`` the data root must exist."""
     config_path = find_run_config(run_dir)
     from .cli import build_parser, setup_cfg
 
@@ -111,22 +112,32 @@ def load_run_config(run_dir, root=None, opts=(), check_data=True):
     return cfg
 
 
-def added_key_opts(config_path):
+def added_key_opts(config_path, given=()):
     """KEY VALUE opts that give every key the run's trainer added after ``config_path`` was written the value
-    the run behaved as (the trainer's ``keys_added_later``): an old run is rebuilt as it was trained, not
-    with today's default (e.g. MixPrompt's ZEROSHOT_WEIGHT, which changes evaluation)."""
+    the run behaved as (the trainer's ``keys_added_later``), except the keys in ``given``: an old run is
+    rebuilt as it was trained, not with today's default (e.g. MixPrompt's ZEROSHOT_WEIGHT, which changes
+    evaluation). String values are quoted, so that yacs reads them back as strings."""
     import yaml
 
-    from .registry import get_trainer
-    from .runs import flatten
+    from .runs import flatten, keys_added_later
 
     with open(config_path) as f:
-        saved = flatten(yaml.safe_load(f) or {})
+        saved = yaml.safe_load(f)
+    if not isinstance(saved, dict):
+        raise RunFolderError(f'"{config_path}" is not a config written by train.py (expected a YAML mapping)')
+    saved = flatten(saved)
+    return [item for key, value in keys_added_later(saved.get("TRAINER.NAME")).items()
+            if key not in saved and key not in given for item in (key, repr(value) if isinstance(value, str) else value)]
+
+
+def opts_for_saved_model(model_dir, opts):
+    """``added_key_opts`` for evaluating the model in ``model_dir`` (train.py --eval-only --model-dir) with the
+    command line's ``opts`` (KEY VALUE list; its keys win): [] when the folder has no config of train.py's."""
     try:
-        added = get_trainer(saved.get("TRAINER.NAME") or "").keys_added_later
-    except KeyError:
-        added = {}
-    return [item for key, value in added.items() if key not in saved for item in (key, value)]
+        config_path = find_run_config(model_dir)
+    except RunFolderError:
+        return []
+    return added_key_opts(config_path, given=set(list(opts)[::2]))
 
 
 def load_classnames(run_dir, root=None):

@@ -121,11 +121,16 @@ def complete_settings(settings, trainer_name):
     today's defaults. None stays None; a trainer this code does not know keeps its settings as written."""
     if settings is None:
         return None
+    return {**keys_added_later(trainer_name), **settings}
+
+
+def keys_added_later(trainer_name):
+    """{key: value the older runs behaved as} of the trainer named ``trainer_name`` (its ``keys_added_later``);
+    empty for a trainer this code does not know."""
     try:
-        added = get_trainer(trainer_name or "").keys_added_later
+        return dict(get_trainer(trainer_name or "").keys_added_later)
     except KeyError:
-        added = {}
-    return {**added, **settings}
+        return {}
 
 
 def stem(path):
