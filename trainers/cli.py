@@ -25,8 +25,8 @@ from engine.errors import ConfigError, fault_exit, quiet_fixable_thread_errors
 from engine.run_lock import hold_run_lock
 from engine.utils import check_wandb_cfg, quiet_other_ranks
 
-from .run_folder import opts_for_saved_model
-from .runs import build_record, write_record
+from .run_folder import as_opts, saved_model_added_keys
+from .runs import build_record, flatten, write_record
 
 DESCRIPTION = "Train or evaluate a CLIP prompt-learning method, with CoOp's command line."
 
@@ -176,10 +176,15 @@ def evaluate_on_main(trainer):
 
 def run(args):
     """One run of ``train.py`` (parsed ``args``): config, lock, log, trainer, training or evaluation, record."""
-    older = opts_for_saved_model(args.model_dir, args.opts or []) if args.eval_only and args.model_dir else []
-    if older:  # a model trained before its trainer added these keys is evaluated as it was trained
-        args.opts = [*older, *(args.opts or [])]
     cfg = setup_cfg(args)
+    older = {}
+    if args.eval_only and args.model_dir:  # a model trained before its trainer added a key: evaluated as trained
+        current = flatten(cfg)
+        older = {key: value for key, value in saved_model_added_keys(args.model_dir, args.opts or []).items()
+                 if current.get(key) != value}
+        if older:
+            args.opts = [*as_opts(older), *(args.opts or [])]
+            cfg = setup_cfg(args)
     check_wandb_cfg(cfg)
     cfg = start_distributed(cfg)
     lock_note = hold_run_lock(cfg.OUTPUT_DIR) if is_main_process() else None  # before anything is written there
@@ -198,8 +203,7 @@ def run(args):
         print("Collecting env info ...")
         print(f"** System info **\n{collect_env_info()}\n")
     if older:
-        print(f"Note: {args.model_dir} was trained before "
-              + ", ".join(f"{k} = {v}" for k, v in zip(older[::2], older[1::2]))
+        print(f"Note: {args.model_dir} was trained before " + ", ".join(f"{k} = {v!r}" for k, v in older.items())
               + " existed; evaluating it with that value, as it was trained (set the key to override)")
     started = time.time()
     trainer = build_trainer(cfg)

@@ -16,8 +16,8 @@ Objective per batch (``MixPromptObjective``, which the trainer only feeds):
   the rest; pull, the earlier system's pull-only -sum_k gamma s on the own class; or ce_pull (the default),
   the two mixed, PULL_SHARE of pull;
 - class loss: cross-entropy of the pooled class scores;  L = LAMBDA * mix + (1 - LAMBDA) * class;
-- feature space: the trainer adds the zero-shot residual w * a * cos(f_i, b[c]) (ZEROSHOT_WEIGHT) to every
-  sub-prompt score of class c before this objective and at inference; it is constant over a class's
+- zero-shot residual: the trainer adds w * a * cos(f_i, b[c]) (ZEROSHOT_WEIGHT, b[c] the frozen class text
+  feature) to every sub-prompt score of class c before this objective and at inference; it is constant over a class's
   sub-prompts, so responsibilities and the pull are unchanged and the class loss and the pair cross-entropy
   see it;
 - regularisers, each carrying gradient to what it must move: L2 on raw offsets; diversity on the final

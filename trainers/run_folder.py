@@ -99,24 +99,23 @@ def check_data_root(cfg, config_path, root_given):
 def load_run_config(run_dir, root=None, opts=(), check_data=True):
     """The run's resolved config through train.py's own merge (defaults, then the run's config, then the keys its
     trainer added after it was written, which the config cannot hold, at the values the run behaved as
-    (``added_key_opts``), then ``opts``), with ``DATASET.ROOT`` replaced by ``root`` when given. With
+    (``added_keys``), then ``opts``), with ``DATASET.ROOT`` replaced by ``root`` when given. With
     ``check_data`` the data root must exist."""
     config_path = find_run_config(run_dir)
     from .cli import build_parser, setup_cfg
 
     argv = ["--config-file", config_path, *(["--root", str(root)] if root else []),
-            *map(str, [*added_key_opts(config_path), *opts])]
+            *map(str, [*as_opts(added_keys(config_path)), *opts])]
     cfg = setup_cfg(build_parser().parse_args(argv))
     if check_data:
         check_data_root(cfg, config_path, bool(root))
     return cfg
 
 
-def added_key_opts(config_path, given=()):
-    """KEY VALUE opts that give every key the run's trainer added after ``config_path`` was written the value
-    the run behaved as (the trainer's ``keys_added_later``), except the keys in ``given``: an old run is
-    rebuilt as it was trained, not with today's default (e.g. MixPrompt's ZEROSHOT_WEIGHT, which changes
-    evaluation). String values are quoted, so that yacs reads them back as strings."""
+def added_keys(config_path, given=()):
+    """{key: value} for every key the run's trainer added after ``config_path`` was written, at the value the
+    run behaved as (the trainer's ``keys_added_later``), except the keys in ``given``: an old run is rebuilt as
+    it was trained, not with today's default (e.g. MixPrompt's ZEROSHOT_WEIGHT, which changes evaluation)."""
     import yaml
 
     from .runs import flatten, keys_added_later
@@ -126,18 +125,23 @@ def added_key_opts(config_path, given=()):
     if not isinstance(saved, dict):
         raise RunFolderError(f'"{config_path}" is not a config written by train.py (expected a YAML mapping)')
     saved = flatten(saved)
-    return [item for key, value in keys_added_later(saved.get("TRAINER.NAME")).items()
-            if key not in saved and key not in given for item in (key, repr(value) if isinstance(value, str) else value)]
+    return {key: value for key, value in keys_added_later(saved.get("TRAINER.NAME")).items()
+            if key not in saved and key not in given}
 
 
-def opts_for_saved_model(model_dir, opts):
-    """``added_key_opts`` for evaluating the model in ``model_dir`` (train.py --eval-only --model-dir) with the
-    command line's ``opts`` (KEY VALUE list; its keys win): [] when the folder has no config of train.py's."""
+def as_opts(settings):
+    """KEY VALUE opts from {key: value}, strings quoted so that yacs reads them back as strings."""
+    return [item for key, value in settings.items() for item in (key, repr(value) if isinstance(value, str) else value)]
+
+
+def saved_model_added_keys(model_dir, opts):
+    """``added_keys`` of the model in ``model_dir`` (train.py --eval-only --model-dir) less the keys of the
+    command line's ``opts`` (KEY VALUE list): {} when the folder has no config of train.py's."""
     try:
         config_path = find_run_config(model_dir)
     except RunFolderError:
-        return []
-    return added_key_opts(config_path, given=set(list(opts)[::2]))
+        return {}
+    return added_keys(config_path, given=set(list(opts)[::2]))
 
 
 def load_classnames(run_dir, root=None):
