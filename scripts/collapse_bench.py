@@ -426,21 +426,19 @@ def split_recovery(train_x, train_y, train_mode, centroids, balanced=False):
 
 def balanced_hard_em(points, centroids, max_iters=100):
     """(k, D) unit centroids after hard EM with equal shares from ``centroids`` (k, D) on the unit-norm
-    ``points`` (N, D): each round gives every centroid an equal share of the points (``balanced_assignment``)
-    and moves it to its part's L2-normalised mean, until the parts stop changing (at most ``max_iters``
-    rounds). The clustering a balanced E-step with hard responsibilities converges to, as sub-prompts that
-    are unit directions scored by cosine."""
+    ``points`` (N, D): each round moves every centroid to the L2-normalised mean of its equal part
+    (``equal_part_means``), until the centroids stop moving (at most ``max_iters`` rounds). The clustering a
+    balanced E-step with hard responsibilities converges to, as sub-prompts that are unit directions scored by
+    cosine."""
     import torch
     import torch.nn.functional as F
 
     centroids = F.normalize(centroids, dim=-1)
-    part = None
     for _ in range(max_iters):
-        new_part = balanced_assignment(torch.cdist(points, centroids))  # (N,)
-        if part is not None and torch.equal(new_part, part):
+        moved = F.normalize(equal_part_means(points, centroids), dim=-1)
+        if torch.equal(moved, centroids):
             break
-        part = new_part
-        centroids = F.normalize(torch.stack([points[part == j].mean(dim=0) for j in range(len(centroids))]), dim=-1)
+        centroids = moved
     return centroids
 
 

@@ -148,6 +148,12 @@ class TokenSubprompts(nn.Module):
         return F.normalize(features.float(), dim=-1).reshape(len(classes), self.n_sub, -1)
 
 
+def encodes_class_text(m):
+    """True when a TRAINER.MIXPROMPT node ``m`` needs the frozen class text features b[c] (TEMPLATES): feature
+    space starts its sub-prompts from them, the zero-shot residual scores them."""
+    return m.OFFSET_SPACE == "feature" or bool(m.ZEROSHOT_WEIGHT)
+
+
 class MixPromptClassifier(CLIPClassifier):
     def __init__(self, cfg, classnames, clip_model, metadata):
         super().__init__(clip_model)
@@ -158,7 +164,7 @@ class MixPromptClassifier(CLIPClassifier):
         self.chunk_size = m.ENCODE_CHUNK
         self.encode_checkpoint = m.ENCODE_CHECKPOINT
         base = None
-        if m.OFFSET_SPACE == "feature" or m.ZEROSHOT_WEIGHT:  # the frozen class text features b[c]
+        if encodes_class_text(m):  # the frozen class text features b[c]
             prompts = class_prompts(cfg.DATASET.NAME, classnames, metadata, m.TEMPLATES)
             print(f"Class text features from {len(prompts[0])} template(s) per class, e.g. {prompts[0]}")
             base = encode_prompt_sets(self.text_encoder, prompts)  # (C, D)
@@ -409,7 +415,7 @@ class MixPrompt(CLIPTrainer):
     def build_clip_model(self, classnames, clip_model):
         m = self.cfg.TRAINER.MIXPROMPT
         metadata = getattr(self.dm.dataset, "class_metadata", None)
-        if m.TEMPLATES == "hierarchical" and metadata is None and (m.OFFSET_SPACE == "feature" or m.ZEROSHOT_WEIGHT):
+        if m.TEMPLATES == "hierarchical" and metadata is None and encodes_class_text(m):
             print(f"Note: {self.cfg.DATASET.NAME} provides no class metadata; hierarchical templates fall "
                   "back to the ensemble (dataset template + IMAGENET_TEMPLATES_SELECT)")
         model = MixPromptClassifier(self.cfg, classnames, clip_model, metadata).to(self.device)
@@ -689,7 +695,7 @@ def validate_mixprompt_cfg(cfg):
         raise ConfigError(f'{key}.INIT: "{m.INIT}" initialises offsets in feature space; token-space offsets '
                           "support INIT auto, random or random_coordinate")
     defaults = default_node(MixPrompt)
-    if m.OFFSET_SPACE == "token" and not m.ZEROSHOT_WEIGHT and m.TEMPLATES != defaults.TEMPLATES:
+    if not encodes_class_text(m) and m.TEMPLATES != defaults.TEMPLATES:
         raise ConfigError(f"{key}.TEMPLATES is set to {m.TEMPLATES!r} but no class text feature is encoded: token "
                           f"space reads it only for the zero-shot residual, and {key}.ZEROSHOT_WEIGHT is 0")
     for name, (mode, applies) in MODE_KEYS.items():
