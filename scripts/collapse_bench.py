@@ -129,6 +129,9 @@ SETTINGS = {
                  "fixed with the cross-entropy mixture loss alone (the fixed defaults until ce_pull)"),
     "fixed+pull": ("MixPrompt", MP, [P + "MIXTURE_LOSS", "pull"],
                    "fixed with the earlier system's pull-only mixture loss (screened, not adopted)"),
+    "fixed+centroid": ("MixPrompt", MP, [P + "KMEANS_INIT", "centroid"],
+                       "fixed started with each sub-prompt at a k-means centroid of its class's images (KMEANS_INIT "
+                       "centroid) instead of tilted from the class text feature toward them"),
     # leave-one-out from the fixed defaults (not run by default: --settings fixed-...)
     "fixed-balance": ("MixPrompt", MP, [P + "BALANCE", "none"], "fixed without the balanced E-step"),
     "fixed-diversity": ("MixPrompt", MP, [P + "DIVERSITY", "none"], "fixed without diversity"),

@@ -211,3 +211,20 @@ def test_kmeans_restarts_keep_the_lowest_inertia_run_and_one_restart_is_a_single
     best = mm.kmeans(points, 4, generator=torch.Generator().manual_seed(5), restarts=6)
     assert _inertia(points, best) == pytest.approx(min(_inertia(points, run) for run in runs))
     assert any(torch.equal(best, run) for run in runs)
+
+
+def test_kmeans_centroid_offsets_put_subprompts_at_the_class_cluster_means():
+    """Two tight groups per class: the sub-prompts start at the groups' mean directions, whatever b[c] is."""
+    generator = torch.Generator().manual_seed(0)
+    dim, n_sub = 8, 2
+    centres = torch.nn.functional.normalize(torch.randn(2, n_sub, dim, generator=generator), dim=-1)  # (C, K, D)
+    features = torch.cat([centres[c, k] + 0.01 * torch.randn(5, dim, generator=generator)
+                          for c in range(2) for k in range(n_sub)])  # (20, D)
+    labels = torch.arange(2).repeat_interleave(2 * 5)
+    base = torch.nn.functional.normalize(torch.randn(2, dim, generator=generator), dim=-1)  # (C, D)
+    offsets = mm.kmeans_centroid_offsets(features, labels, base, n_sub, 0.3, torch.Generator().manual_seed(1))
+    start = torch.nn.functional.normalize(base[:, None] + offsets, dim=-1)  # (C, K, D)
+    for c in range(2):
+        cos = start[c] @ centres[c].T  # (K, K): each sub-prompt at one group, every group taken
+        assert cos.max(dim=1).values.min() > 0.999
+        assert set(cos.argmax(dim=1).tolist()) == set(range(n_sub))

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from engine.errors import ConfigError
+from trainers import mixprompt_model as mm
 
 MP = "configs/trainers/MixPrompt/vit_b16.yaml"
 
@@ -92,6 +93,10 @@ def test_eval_cache_matches_uncached_and_is_invalidated_by_a_step_and_a_load(bui
     (["TRAINER.MIXPROMPT.SINKHORN_ITERS", "0"], "TRAINER.MIXPROMPT.SINKHORN_ITERS"),
     (["TRAINER.MIXPROMPT.KMEANS_RESTARTS", "0"], "TRAINER.MIXPROMPT.KMEANS_RESTARTS"),
     (["TRAINER.MIXPROMPT.INIT", "random", "TRAINER.MIXPROMPT.KMEANS_RESTARTS", "5"], "applies only when"),
+    (["TRAINER.MIXPROMPT.KMEANS_INIT", "medoid"], "TRAINER.MIXPROMPT.KMEANS_INIT"),
+    (["TRAINER.MIXPROMPT.INIT", "templates", "TRAINER.MIXPROMPT.KMEANS_INIT", "centroid"],
+     "TRAINER.MIXPROMPT.KMEANS_INIT is set to 'centroid' but applies only when"),
+    (["TRAINER.MIXPROMPT.SCOPE", "shared", "TRAINER.MIXPROMPT.KMEANS_INIT", "centroid"], "needs TRAINER.MIXPROMPT.SCOPE"),
     # a key of another mode, set away from its default, would be silently ignored: refused
     (["TRAINER.MIXPROMPT.N_CTX", "8"], "TRAINER.MIXPROMPT.N_CTX is set to 8 but applies only with "
                                         "TRAINER.MIXPROMPT.OFFSET_SPACE token"),
@@ -170,6 +175,23 @@ def test_train_features_clean_trains_on_batches_of_clean_features_augmented_on_i
     trainer.before_epoch()
     _, _, target = trainer.compute_loss(batches[0])
     assert torch.equal(target, labels[batches[0]["index"]])
+
+
+def test_kmeans_init_centroid_starts_each_subprompt_at_a_centroid_of_its_class_images(build_trainer_for):
+    """KMEANS_INIT centroid: every class's epoch-0 sub-prompt features are the directions of the k-means centroids
+    (seeded with the run's seed) of that class's clean training features, not tilts from the text feature."""
+    opts = ["TRAINER.MIXPROMPT.K", "2", "TRAINER.MIXPROMPT.KMEANS_INIT", "centroid"]
+    trainer = build_trainer_for("MixPrompt", config=MP, opts=opts)
+    initial = trainer.model.text_features().detach().float().cpu()  # (C, K, D)
+    features, labels, _ = trainer.train_features()
+    generator = torch.Generator().manual_seed(trainer.cfg.SEED)
+    for c in range(initial.shape[0]):
+        centroids = mm.kmeans(features[labels == c].cpu(), 2, generator=generator)  # (K, D)
+        assert torch.allclose(initial[c], torch.nn.functional.normalize(centroids, dim=-1), atol=1e-4)
+    tilted = build_trainer_for("MixPrompt", config=MP, opts=opts[:2]).model.text_features().detach().float().cpu()
+    base = trainer.model.prompt_learner.base_features.detach().float().cpu()  # (C, D)
+    # the direction start stays near the class text feature; the centroid start is where the images are
+    assert (tilted * base[:, None]).sum(-1).min() > (initial * base[:, None]).sum(-1).max()
 
 
 def test_the_default_init_is_valid_in_both_offset_spaces(build_trainer_for):

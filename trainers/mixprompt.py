@@ -202,8 +202,9 @@ class MixPromptClassifier(CLIPClassifier):
 
 
 # ----------------------------------------------------------------------------------------- initialisation
-#: keys that only one INIT choice reads (KMEANS_RESTARTS: kmeans, also through auto)
-INIT_ONLY_KEYS = ("INIT_FEATURES_FILE", "KMEANS_RESTARTS")
+#: keys that only one INIT choice reads (KMEANS_*: kmeans, also through auto)
+INIT_ONLY_KEYS = ("INIT_FEATURES_FILE", "KMEANS_RESTARTS", "KMEANS_INIT")
+KMEANS_INITS = ("direction", "centroid")
 
 
 def random_init_opts():
@@ -337,6 +338,11 @@ def add_mixprompt_config(cfg):
     m.OFFSET_INIT_SCALE = 0.3  # norm of an initial offset (relative to |b[c]| = 1), per-coordinate std
     # with INIT random_coordinate
     m.KMEANS_RESTARTS = 1  # INIT kmeans: per class, the lowest-inertia of this many seeded k-means++ runs
+    # INIT kmeans: direction = each offset has norm OFFSET_INIT_SCALE along a k-means centroid of the class's
+    # feature residuals (sub-prompts tilted from b[c] toward its modes) | centroid = each sub-prompt starts exactly
+    # at a k-means centroid of its class's clean image features (SCOPE class; the text enters through the
+    # zero-shot residual only). Measured in docs/mixprompt_recipe.md, "Starting at the image centroids".
+    m.KMEANS_INIT = "direction"
     # per-image entropy regulariser, w * (-mean_i H(gamma_i)): none | image_detached (H of the detached
     # E-step targets: a constant with zero gradient, the earlier system's later form) | image (H of
     # softmax(s / tau) with gradient: pushes every image toward uniform responsibilities)
@@ -389,7 +395,8 @@ class MixPrompt(CLIPTrainer):
     # sets each key its saved config lacks to this value.
     keys_added_later = {"TRAINER.MIXPROMPT.TRAIN_FEATURES": "augmented", "TRAINER.MIXPROMPT.KMEANS_RESTARTS": 1,
                         "TRAINER.MIXPROMPT.PULL_SHARE": 0.5, "TRAINER.MIXPROMPT.SINKHORN_POWER": 1.0,
-                        "TRAINER.MIXPROMPT.INIT_FEATURES_FILE": "", "TRAINER.MIXPROMPT.ZEROSHOT_WEIGHT": 0.0}
+                        "TRAINER.MIXPROMPT.INIT_FEATURES_FILE": "", "TRAINER.MIXPROMPT.ZEROSHOT_WEIGHT": 0.0,
+                        "TRAINER.MIXPROMPT.KMEANS_INIT": "direction"}
     report_order = 40
 
     @staticmethod
@@ -447,8 +454,13 @@ class MixPrompt(CLIPTrainer):
             offsets = mm.random_coordinate_offsets(shape, m.OFFSET_INIT_SCALE)
         elif init == "kmeans":
             features, labels, _ = self.train_features()
-            offsets = mm.kmeans_offsets(features, labels, len(classnames), m.K, m.SCOPE, m.OFFSET_INIT_SCALE,
-                                        torch.Generator().manual_seed(max(self.cfg.SEED, 0)), m.KMEANS_RESTARTS)
+            generator = torch.Generator().manual_seed(max(self.cfg.SEED, 0))
+            if m.KMEANS_INIT == "centroid":
+                offsets = mm.kmeans_centroid_offsets(features, labels, learner.base_features.detach().cpu(), m.K,
+                                                     m.OFFSET_INIT_SCALE, generator, m.KMEANS_RESTARTS)
+            else:
+                offsets = mm.kmeans_offsets(features, labels, len(classnames), m.K, m.SCOPE, m.OFFSET_INIT_SCALE,
+                                            generator, m.KMEANS_RESTARTS)
         elif init == "features":
             source = init_features_source(self.cfg)
             start = load_init_features(source, shape)  # (C, K, D)
@@ -654,6 +666,7 @@ def validate_mixprompt_cfg(cfg):
     if m.EVAL_POOL:
         choice("EVAL_POOL", mm.POOLS)
     choice("INIT", INITS)
+    choice("KMEANS_INIT", KMEANS_INITS)
     choice("TRAIN_FEATURES", TRAIN_FEATURE_SOURCES)
     choice("DIVERSITY", mm.DIVERSITY_TYPES)
     choice("BALANCE", mm.BALANCE_TYPES)
@@ -711,9 +724,13 @@ def validate_mixprompt_cfg(cfg):
                               f'"{m.INIT_FEATURES_FILE}" (a resumed run also finds its copy, '
                               f'{init_features_copy(cfg)}). To evaluate a trained run '
                               f"without it, set {key}.INIT random: the checkpoint replaces the offsets.")
-    if resolve_init(m.INIT, m.OFFSET_SPACE) != "kmeans" and m.KMEANS_RESTARTS != defaults.KMEANS_RESTARTS:
-        raise ConfigError(f"{key}.KMEANS_RESTARTS is set to {m.KMEANS_RESTARTS} but applies only when {key}.INIT "
-                          f"is kmeans (or auto with OFFSET_SPACE feature): remove it or change {key}.INIT")
+    for name in ("KMEANS_RESTARTS", "KMEANS_INIT"):
+        if resolve_init(m.INIT, m.OFFSET_SPACE) != "kmeans" and m[name] != defaults[name]:
+            raise ConfigError(f"{key}.{name} is set to {m[name]!r} but applies only when {key}.INIT is kmeans (or "
+                              f"auto with OFFSET_SPACE feature): remove it or change {key}.INIT")
+    if m.KMEANS_INIT == "centroid" and m.SCOPE != "class":
+        raise ConfigError(f"{key}.KMEANS_INIT centroid starts each (class, sub-prompt) at a centroid of its class's "
+                          f"images: it needs {key}.SCOPE class, got {m.SCOPE} (use KMEANS_INIT direction)")
     if m.SCOPE == "class" and cfg.DATASET.SUBSAMPLE_CLASSES == "new":
         raise ConfigError(f"{key}.SCOPE: class-scope sub-prompts exist only for the classes seen in training, "
                           "so they cannot score new classes (DATASET.SUBSAMPLE_CLASSES new). Train with "

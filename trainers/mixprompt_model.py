@@ -6,7 +6,7 @@ L2-normalised; a = similarity scale; tau = EM temperature.
 
 Feature-space parametrisation: t[c, k] = normalize(b[c] + delta[c, k]) (``feature_subprompts``), b[c] the
 frozen class text feature; the offsets start random, at template features, or at the k-means modes of
-the class's training images (``random_offsets``, ``kmeans_offsets``).
+the class's training images (``random_offsets``, ``kmeans_offsets``, ``kmeans_centroid_offsets``).
 
 Objective per batch (``MixPromptObjective``, which the trainer only feeds):
 - E-step: responsibilities gamma[i, k] = softmax_k(a * cos(f_i, t[y_i, k]) / tau), detached targets (or
@@ -392,6 +392,21 @@ def _kmeans_run(points, n_clusters, n_iters, generator):
             if len(members):
                 centroids[k] = members.mean(0)
     return centroids
+
+
+def kmeans_centroid_offsets(features, labels, base_features, n_sub, scale, generator=None, restarts=1):
+    """Offsets (C, K, D) that put each class's sub-prompts exactly at the k-means centroids (best of ``restarts``,
+    classes in order, one ``generator``) of its image ``features`` (N, D), through ``offsets_to_features`` from
+    ``base_features`` b (C, D). Sub-prompts beyond a class's image count get random offsets of norm ``scale``
+    from b, drawn after every class's k-means."""
+    n_cls, dim = base_features.shape
+    centroids = [kmeans(points, min(n_sub, len(points)), generator=generator, restarts=restarts)
+                 if len(points) else points.new_zeros(0, dim)
+                 for points in (features[labels == c] for c in range(n_cls))]  # C x (k_c, D)
+    offsets = random_offsets((n_cls, n_sub, dim), scale, generator)  # (C, K, D)
+    for c, found in enumerate(centroids):
+        offsets[c, :len(found)] = offsets_to_features(found[None], base_features[c:c + 1].cpu())[0]
+    return offsets
 
 
 def kmeans_offsets(features, labels, n_cls, n_sub, scope, scale, generator=None, restarts=1):
