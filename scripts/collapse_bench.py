@@ -49,20 +49,22 @@ P = "TRAINER.MIXPROMPT."
 # the fixed defaults' recipe before docs/mixprompt_recipe.md's changes, as opts on top of MP
 PREV_RECIPE = [P + "TRAIN_FEATURES", "augmented", "OPTIM.NAME", "sgd", "OPTIM.LR", "0.002", "OPTIM.WARMUP_EPOCH", "1",
                P + "MIXTURE_LOSS", "ce", P + "ZEROSHOT_WEIGHT", "0.0"]
-# in a setting's opts: the path of the (C, K, D) oracle_mode_split (or oracle_mode_split_equal) centroids for the
-# run's K and data (written by ``write_oracle_centroids`` before the run)
+# in a setting's opts: the path of the (C, K, D) centroids of a FEATURES row (oracle_mode_split,
+# oracle_mode_split_equal or ward_k) for the run's K and data (written by ``write_start_centroids`` before the run)
 ORACLE_CENTROIDS = "<oracle_mode_split centroids>"
 ORACLE_EQUAL_CENTROIDS = "<oracle_mode_split_equal centroids>"
-ORACLE_STARTS = {ORACLE_CENTROIDS: "oracle_mode_split", ORACLE_EQUAL_CENTROIDS: "oracle_mode_split_equal"}  # -> row
+WARD_CENTROIDS = "<ward_k centroids>"
+START_FILES = {ORACLE_CENTROIDS: "oracle_mode_split", ORACLE_EQUAL_CENTROIDS: "oracle_mode_split_equal",
+               WARD_CENTROIDS: "ward_k"}  # placeholder -> row
 # in the start file's name: a run records the path, not the content, so a change of how the start is computed
 # must change the path (2: equal parts of exactly floor / ceil size)
-ORACLE_START_VERSION = 2
+START_VERSION = 2
 # name -> (trainer, config file, extra opts, description); only MixPrompt settings depend on K. A trainer of
 # FEATURES is no train.py run: the row is computed from the frozen image features (oracle_* rows use the true modes).
 FEATURES = "features"
 # FEATURES rows that depend on K (MixPrompt's, not the true M)
-K_FEATURES = ("kmeans_k", "kmeans_k_balanced", "kmeans_k_balanced_em", "nmi_ceiling_balanced", "oracle_mode_split",
-              "oracle_mode_split_balanced", "oracle_mode_split_equal")
+K_FEATURES = ("kmeans_k", "kmeans_k_balanced", "kmeans_k_balanced_em", "ward_k", "nmi_ceiling_balanced",
+              "oracle_mode_split", "oracle_mode_split_balanced", "oracle_mode_split_equal")
 SETTINGS = {
     "zeroshot": ("ZeroshotCLIP", COOP, [], "zero-shot CLIP (dataset template)"),
     "linear_probe": ("LinearProbeCLIP", LINEAR_PROBE, [], "linear probe (C on val; 3-fold CV without val)"),
@@ -80,6 +82,9 @@ SETTINGS = {
                                                "parts stop changing): the balanced E-step's clustering alone, without "
                                                "text or training; NMI / purity of its nearest-centroid split, accuracy "
                                                "as prototypes"),
+    "ward_k": (FEATURES, "", [], "per-class agglomerative clustering with Ward's criterion into K clusters (no true "
+                                 "modes, free shares): NMI / purity of the nearest-centroid split of its cluster means, "
+                                 "accuracy as prototypes"),
     "oracle_mode_split": (FEATURES, "", [], "ORACLE: K centroids placed inside the true modes (k-means on each "
                                             "mode's images, K / M per mode): NMI / purity of the nearest-centroid "
                                             "split, what K sub-prompts could recover (K >= M)"),
@@ -129,6 +134,8 @@ SETTINGS = {
                  "fixed with the cross-entropy mixture loss alone (the fixed defaults until ce_pull)"),
     "fixed+pull": ("MixPrompt", MP, [P + "MIXTURE_LOSS", "pull"],
                    "fixed with the earlier system's pull-only mixture loss (screened, not adopted)"),
+    "fixed+ward_init": ("MixPrompt", MP, [P + "INIT", "features", P + "INIT_FEATURES_FILE", WARD_CENTROIDS],
+                        "fixed started with each sub-prompt at a ward_k cluster mean (no true modes used)"),
     "fixed+centroid": ("MixPrompt", MP, [P + "KMEANS_INIT", "centroid"],
                        "fixed started with each sub-prompt at a k-means centroid of its class's images (KMEANS_INIT "
                        "centroid) instead of tilted from the class text feature toward them"),
@@ -163,8 +170,8 @@ DEFAULT_SETTINGS = [name for name in SETTINGS
                     if not name.startswith(("fixed-", "fixed+", "fixed_prev+", "oracle_init"))]
 # of the FEATURES rows in references.json: 2 added the mode-mean oracle's NMI / purity, 3 the mode-split oracles,
 # 4 the accuracy of the k-means rows (nearest centroid), 5 oracle_mode_split_equal, 6 equal shares of exactly
-# floor / ceil size (balanced_assignment), 7 kmeans_k_balanced_em
-REFERENCES_VERSION = 7
+# floor / ceil size (balanced_assignment), 7 kmeans_k_balanced_em, 8 ward_k
+REFERENCES_VERSION = 8
 METRICS = ("accuracy", "feature_cos", "offset_cos", "eff_k", "top1_share", "dead", "collapsed", "nmi", "purity")
 ACCURACY = re.compile(r"\* accuracy: ([\d.]+)%")
 
@@ -216,7 +223,7 @@ def data_opts(args):
 
 def train_argv(args, setting, k, seed, out_dir, weights):
     trainer, config, extra, _ = SETTINGS[setting]
-    extra = [oracle_centroids_path(args, k, ORACLE_STARTS[opt]) if opt in ORACLE_STARTS else opt for opt in extra]
+    extra = [start_centroids_path(args, k, START_FILES[opt]) if opt in START_FILES else opt for opt in extra]
     opts = ["MODEL.BACKBONE.NAME", weights, "OPTIM.MAX_EPOCH", str(args.epochs), "DATALOADER.NUM_WORKERS", "0",
             "DATALOADER.TRAIN_X.BATCH_SIZE", str(args.batch_size), "DATALOADER.TEST.BATCH_SIZE", "100",
             "TRAIN.PRINT_FREQ", "1000", *data_opts(args), *extra, *args.opts]
@@ -409,6 +416,46 @@ def class_kmeans(train_x, train_y, n_clusters, seed, restarts=10):
             for c in sorted(set(train_y.tolist()))}
 
 
+def ward_clusters(points, n_clusters):
+    """(N,) cluster of each of ``points`` (N, D) after agglomerative clustering with Ward's criterion: starting
+    from one cluster per point, repeatedly merge the two clusters whose merge adds the least within-cluster
+    squared distance, |A| |B| / (|A| + |B|) x |mean A - mean B|^2 (the first such pair on ties), until
+    ``n_clusters`` remain (at most N). Clusters are numbered by their smallest point. Deterministic; O(N^2 D) per
+    merge, for the benchmark's few dozen images per class."""
+    import torch
+
+    sums, counts = points.double().clone(), torch.ones(len(points), dtype=torch.float64)  # per cluster
+    members = [[i] for i in range(len(points))]
+    while len(members) > max(n_clusters, 1):
+        means = sums / counts[:, None]
+        cost = counts[:, None] * counts[None] / (counts[:, None] + counts[None]) * torch.cdist(means, means).pow(2)
+        cost.fill_diagonal_(float("inf"))
+        a, b = divmod(int(cost.argmin()), len(members))
+        a, b = min(a, b), max(a, b)
+        sums[a] += sums[b]
+        counts[a] += counts[b]
+        members[a] += members[b]
+        keep = torch.arange(len(members)) != b
+        sums, counts = sums[keep], counts[keep]
+        del members[b]
+    labels = torch.empty(len(points), dtype=torch.long)
+    for j, group in enumerate(sorted(members, key=min)):
+        labels[group] = j
+    return labels
+
+
+def class_ward(train_x, train_y, n_clusters):
+    """{class: cluster means (k, D)}: per-class ``ward_clusters`` with ``n_clusters`` (at most the class's images)."""
+    import torch
+
+    centroids = {}
+    for c in sorted(set(train_y.tolist())):
+        points = train_x[train_y == c]
+        labels = ward_clusters(points, n_clusters)
+        centroids[c] = torch.stack([points[labels == j].mean(dim=0) for j in range(int(labels.max()) + 1)])
+    return centroids
+
+
 def split_recovery(train_x, train_y, train_mode, centroids, balanced=False):
     """(NMI, purity) against the true modes of splitting each class's training images among its ``centroids``
     ({class: (k, D)}): each image at its nearest centroid, or, ``balanced``, under the constraint that every
@@ -586,26 +633,28 @@ def data_fingerprint(args, weights):
     return digest.hexdigest()[:12]
 
 
-def oracle_centroids_path(args, k, row):
-    """The start file of oracle_init (``row`` oracle_mode_split) or oracle_init_equal (oracle_mode_split_equal)
-    for K: one per data set and weights (``args.fingerprint``) and ``ORACLE_START_VERSION``, the same for
-    every seed (the seeds vary the training from it)."""
-    name = f"{row}_v{ORACLE_START_VERSION}_K{k}_{args.fingerprint}.pt"
+def start_centroids_path(args, k, row):
+    """The start file of oracle_init (``row`` oracle_mode_split), oracle_init_equal (oracle_mode_split_equal) or
+    fixed+ward_init (ward_k) for K: one per data set and weights (``args.fingerprint``) and ``START_VERSION``,
+    the same for every seed (the seeds vary the training from it)."""
+    name = f"{row}_v{START_VERSION}_K{k}_{args.fingerprint}.pt"
     return os.path.join(os.path.abspath(args.out), FEATURES, name)
 
 
-def write_oracle_centroids(args, k, weights, true_mode, row):
-    """Write (once) the (C, K, D) tensor of ``row``'s ``mode_split_centroids`` that oracle_init(_equal)
-    starts from, k-means seeded with the data seed (the row itself, in references.json, with each run seed);
-    only a class with fewer than K training images repeats its centroids."""
+def write_start_centroids(args, k, weights, true_mode, row):
+    """Write (once) the (C, K, D) tensor a setting of ``START_FILES`` starts from: ``row``'s
+    ``mode_split_centroids`` for oracle_init(_equal), k-means seeded with the data seed (the row itself, in
+    references.json, with each run seed), or the ``class_ward`` means for fixed+ward_init; only a class with
+    fewer than K training images repeats its centroids."""
     import torch
 
-    path = oracle_centroids_path(args, k, row)
+    path = start_centroids_path(args, k, row)
     if os.path.isfile(path):
         return path
     train_x, train_y, train_mode, _, _ = frozen_features(args, args.seeds[0], weights, true_mode)
-    split = mode_split_centroids(train_x, train_y, train_mode, k, args.data_seed,
-                                 equal=row == "oracle_mode_split_equal")
+    split = (class_ward(train_x, train_y, k) if row == "ward_k" else
+             mode_split_centroids(train_x, train_y, train_mode, k, args.data_seed,
+                                  equal=row == "oracle_mode_split_equal"))
     table = torch.stack([split[c][torch.arange(k) % len(split[c])] for c in sorted(split)])  # (C, K, D)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     torch.save(table, path)
@@ -650,6 +699,10 @@ def feature_references(args, seed, weights, true_mode):
         refs[reference_key("kmeans_k_balanced_em", k)] = {
             "accuracy": nearest_centroid_accuracy(refined, test_x, test_y),
             **dict(zip(("nmi", "purity"), split_recovery(train_x, train_y, train_mode, refined)))}
+        ward = class_ward(train_x, train_y, k)
+        refs[reference_key("ward_k", k)] = {"accuracy": nearest_centroid_accuracy(ward, test_x, test_y),
+                                            **dict(zip(("nmi", "purity"), split_recovery(
+                                                train_x, train_y, train_mode, ward)))}
         for setting in ("oracle_mode_split", "oracle_mode_split_balanced", "oracle_mode_split_equal"):
             recovered = mode_split_recovery(train_x, train_y, train_mode, k, seed,
                                             balanced=setting == "oracle_mode_split_balanced",
@@ -706,9 +759,9 @@ def main(argv=None):
             out_dir = os.path.join(args.out, FEATURES, f"seed{seed}")
         else:
             out_dir = os.path.join(args.out, setting, f"k{k}" if k else "single", f"seed{seed}")
-            for placeholder in ORACLE_STARTS.keys() & set(SETTINGS[setting][2]):
+            for placeholder in START_FILES.keys() & set(SETTINGS[setting][2]):
                 true_mode = true_mode or benchmark_true_modes(seed)
-                write_oracle_centroids(args, k, weights, true_mode, ORACLE_STARTS[placeholder])
+                write_start_centroids(args, k, weights, true_mode, START_FILES[placeholder])
             argv_run = train_argv(args, setting, k, seed, out_dir, weights)
             reused = reusable(out_dir, argv_run)
             if not reused:

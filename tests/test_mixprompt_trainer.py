@@ -96,7 +96,8 @@ def test_eval_cache_matches_uncached_and_is_invalidated_by_a_step_and_a_load(bui
     (["TRAINER.MIXPROMPT.KMEANS_INIT", "medoid"], "TRAINER.MIXPROMPT.KMEANS_INIT"),
     (["TRAINER.MIXPROMPT.INIT", "templates", "TRAINER.MIXPROMPT.KMEANS_INIT", "centroid"],
      "TRAINER.MIXPROMPT.KMEANS_INIT is set to 'centroid' but applies only when"),
-    (["TRAINER.MIXPROMPT.SCOPE", "shared", "TRAINER.MIXPROMPT.KMEANS_INIT", "centroid"], "needs TRAINER.MIXPROMPT.SCOPE"),
+    (["TRAINER.MIXPROMPT.SCOPE", "shared", "TRAINER.MIXPROMPT.KMEANS_INIT", "centroid"],
+     "needs TRAINER.MIXPROMPT.SCOPE"),
     # a key of another mode, set away from its default, would be silently ignored: refused
     (["TRAINER.MIXPROMPT.N_CTX", "8"], "TRAINER.MIXPROMPT.N_CTX is set to 8 but applies only with "
                                         "TRAINER.MIXPROMPT.OFFSET_SPACE token"),

@@ -341,7 +341,8 @@ def add_mixprompt_config(cfg):
     # INIT kmeans: direction = each offset has norm OFFSET_INIT_SCALE along a k-means centroid of the class's
     # feature residuals (sub-prompts tilted from b[c] toward its modes) | centroid = each sub-prompt starts exactly
     # at a k-means centroid of its class's clean image features (SCOPE class; the text enters through the
-    # zero-shot residual only). Measured in docs/mixprompt_recipe.md, "Starting at the image centroids".
+    # zero-shot residual only). Measured in docs/mixprompt_recipe.md, "Ward's clustering, and starting at the
+    # image centroids".
     m.KMEANS_INIT = "direction"
     # per-image entropy regulariser, w * (-mean_i H(gamma_i)): none | image_detached (H of the detached
     # E-step targets: a constant with zero gradient, the earlier system's later form) | image (H of
