@@ -48,14 +48,15 @@ P = "TRAINER.MIXPROMPT."
 
 # the fixed defaults' recipe before docs/mixprompt_recipe.md's changes, as opts on top of MP
 PREV_RECIPE = [P + "TRAIN_FEATURES", "augmented", "OPTIM.NAME", "sgd", "OPTIM.LR", "0.002", "OPTIM.WARMUP_EPOCH", "1",
-               P + "MIXTURE_LOSS", "ce", P + "ZEROSHOT_WEIGHT", "0.0"]
-# in a setting's opts: the path of the (C, K, D) centroids of a FEATURES row (oracle_mode_split,
-# oracle_mode_split_equal or ward_k) for the run's K and data (written by ``write_start_centroids`` before the run)
+               P + "MIXTURE_LOSS", "ce", P + "ZEROSHOT_WEIGHT", "0.0", P + "CLUSTERING", "kmeans",
+               P + "SINKHORN_SHARES", "equal"]
+# the defaults before 2026-12-03's clustered start: k-means directions, equal shares in the balanced E-step
+KMEANS_EQUAL = [P + "CLUSTERING", "kmeans", P + "SINKHORN_SHARES", "equal"]
+# in a setting's opts: the path of the (C, K, D) centroids of a FEATURES row (oracle_mode_split or
+# oracle_mode_split_equal) for the run's K and data (written by ``write_start_centroids`` before the run)
 ORACLE_CENTROIDS = "<oracle_mode_split centroids>"
 ORACLE_EQUAL_CENTROIDS = "<oracle_mode_split_equal centroids>"
-WARD_CENTROIDS = "<ward_k centroids>"
-START_FILES = {ORACLE_CENTROIDS: "oracle_mode_split", ORACLE_EQUAL_CENTROIDS: "oracle_mode_split_equal",
-               WARD_CENTROIDS: "ward_k"}  # placeholder -> row
+START_FILES = {ORACLE_CENTROIDS: "oracle_mode_split", ORACLE_EQUAL_CENTROIDS: "oracle_mode_split_equal"}  # -> row
 # in the start file's name: a run records the path, not the content, so a change of how the start is computed
 # must change the path (2: equal parts of exactly floor / ceil size)
 START_VERSION = 2
@@ -112,7 +113,7 @@ SETTINGS = {
     "orig+entropy": ("MixPrompt", ORIGINAL, [P + "BALANCE", "marginal_entropy", P + "BALANCE_WEIGHT", "1.0"],
                      "original + marginal usage entropy (with gradient)"),
     "orig+tau": ("MixPrompt", ORIGINAL, [P + "TAU_END", "0.3"], "original + higher final tau (0.3)"),
-    "orig+init_kmeans": ("MixPrompt", ORIGINAL, [P + "INIT", "kmeans", P + "OFFSET_INIT_SCALE", "0.3"],
+    "orig+init_kmeans": ("MixPrompt", ORIGINAL, [P + "INIT", "clusters", P + "OFFSET_INIT_SCALE", "0.3"],
                          "original + k-means initialisation"),
     "orig+init_templates": ("MixPrompt", ORIGINAL, [P + "INIT", "templates"], "original + template initialisation"),
     # the fixed defaults before the recipe change (docs/mixprompt_recipe.md): the M-step on augmented views, SGD
@@ -134,18 +135,22 @@ SETTINGS = {
                  "fixed with the cross-entropy mixture loss alone (the fixed defaults until ce_pull)"),
     "fixed+pull": ("MixPrompt", MP, [P + "MIXTURE_LOSS", "pull"],
                    "fixed with the earlier system's pull-only mixture loss (screened, not adopted)"),
-    "fixed+ward_init": ("MixPrompt", MP, [P + "INIT", "features", P + "INIT_FEATURES_FILE", WARD_CENTROIDS],
-                        "fixed started with each sub-prompt at a ward_k cluster mean (no true modes used)"),
-    "fixed+centroid": ("MixPrompt", MP, [P + "KMEANS_INIT", "centroid"],
-                       "fixed started with each sub-prompt at a k-means centroid of its class's images (KMEANS_INIT "
-                       "centroid) instead of tilted from the class text feature toward them"),
+    "fixed+cluster_means": ("MixPrompt", MP, [P + "INIT", "cluster_means"],
+                            "fixed started with each sub-prompt exactly at its Ward cluster's mean feature (INIT "
+                            "cluster_means) instead of tilted from the class text feature toward it"),
+    "fixed+kmeans_means": ("MixPrompt", MP, [P + "INIT", "cluster_means", *KMEANS_EQUAL],
+                           "fixed-ward started with each sub-prompt exactly at a k-means centroid of its class's "
+                           "images (INIT cluster_means, CLUSTERING kmeans, equal shares)"),
     # leave-one-out from the fixed defaults (not run by default: --settings fixed-...)
     "fixed-balance": ("MixPrompt", MP, [P + "BALANCE", "none"], "fixed without the balanced E-step"),
     "fixed-diversity": ("MixPrompt", MP, [P + "DIVERSITY", "none"], "fixed without diversity"),
     "fixed-init_kmeans": ("MixPrompt", MP, [P + "INIT", "random"], "fixed with random init"),
     "fixed-tau": ("MixPrompt", MP, [P + "TAU_END", "0.05"], "fixed with the original final tau"),
-    "fixed-zeroshot": ("MixPrompt", MP, [P + "ZEROSHOT_WEIGHT", "0.0"],
-                       "fixed without the zero-shot residual (the fixed defaults until 2026-12-03)"),
+    "fixed-zeroshot": ("MixPrompt", MP, [P + "ZEROSHOT_WEIGHT", "0.0"], "fixed without the zero-shot residual"),
+    "fixed-ward": ("MixPrompt", MP, KMEANS_EQUAL, "fixed started from k-means with equal shares (CLUSTERING kmeans, "
+                                                  "SINKHORN_SHARES equal: the fixed defaults until 2026-12-03, late)"),
+    "fixed-cluster_shares": ("MixPrompt", MP, [P + "SINKHORN_SHARES", "equal"],
+                             "fixed with equal shares in the balanced E-step instead of the start clusters' sizes"),
     # the earlier system (seed.yaml; docs/seed_analysis.md): its 2000 of 15,270 warm-up steps on Cars scaled to
     # 16 of this benchmark's 120, its per-coordinate init std 0.01 at D = 512 scaled to the tiny CLIP's D = 64
     # (0.0283: the same initial offset norm 0.23 and feature cosine 0.95)
@@ -416,43 +421,15 @@ def class_kmeans(train_x, train_y, n_clusters, seed, restarts=10):
             for c in sorted(set(train_y.tolist()))}
 
 
-def ward_clusters(points, n_clusters):
-    """(N,) cluster of each of ``points`` (N, D) after agglomerative clustering with Ward's criterion: starting
-    from one cluster per point, repeatedly merge the two clusters whose merge adds the least within-cluster
-    squared distance, |A| |B| / (|A| + |B|) x |mean A - mean B|^2 (the first such pair on ties), until
-    ``n_clusters`` remain (at most N). Clusters are numbered by their smallest point. Deterministic; O(N^2 D) per
-    merge, for the benchmark's few dozen images per class."""
-    import torch
-
-    sums, counts = points.double().clone(), torch.ones(len(points), dtype=torch.float64)  # per cluster
-    members = [[i] for i in range(len(points))]
-    while len(members) > max(n_clusters, 1):
-        means = sums / counts[:, None]
-        cost = counts[:, None] * counts[None] / (counts[:, None] + counts[None]) * torch.cdist(means, means).pow(2)
-        cost.fill_diagonal_(float("inf"))
-        a, b = divmod(int(cost.argmin()), len(members))
-        a, b = min(a, b), max(a, b)
-        sums[a] += sums[b]
-        counts[a] += counts[b]
-        members[a] += members[b]
-        keep = torch.arange(len(members)) != b
-        sums, counts = sums[keep], counts[keep]
-        del members[b]
-    labels = torch.empty(len(points), dtype=torch.long)
-    for j, group in enumerate(sorted(members, key=min)):
-        labels[group] = j
-    return labels
-
-
 def class_ward(train_x, train_y, n_clusters):
-    """{class: cluster means (k, D)}: per-class ``ward_clusters`` with ``n_clusters`` (at most the class's images)."""
-    import torch
+    """{class: cluster means (k, D)}: per-class agglomerative clustering with Ward's criterion
+    (``trainers.mixprompt_model.ward_clusters``, what INIT ward starts from), ``n_clusters`` (at most the class's
+    images) per class."""
+    from trainers.mixprompt_model import ward_means
 
     centroids = {}
     for c in sorted(set(train_y.tolist())):
-        points = train_x[train_y == c]
-        labels = ward_clusters(points, n_clusters)
-        centroids[c] = torch.stack([points[labels == j].mean(dim=0) for j in range(int(labels.max()) + 1)])
+        centroids[c] = ward_means(train_x[train_y == c], n_clusters)
     return centroids
 
 
@@ -634,27 +611,25 @@ def data_fingerprint(args, weights):
 
 
 def start_centroids_path(args, k, row):
-    """The start file of oracle_init (``row`` oracle_mode_split), oracle_init_equal (oracle_mode_split_equal) or
-    fixed+ward_init (ward_k) for K: one per data set and weights (``args.fingerprint``) and ``START_VERSION``,
+    """The start file of oracle_init (``row`` oracle_mode_split) or oracle_init_equal (oracle_mode_split_equal)
+    for K: one per data set and weights (``args.fingerprint``) and ``START_VERSION``,
     the same for every seed (the seeds vary the training from it)."""
     name = f"{row}_v{START_VERSION}_K{k}_{args.fingerprint}.pt"
     return os.path.join(os.path.abspath(args.out), FEATURES, name)
 
 
 def write_start_centroids(args, k, weights, true_mode, row):
-    """Write (once) the (C, K, D) tensor a setting of ``START_FILES`` starts from: ``row``'s
-    ``mode_split_centroids`` for oracle_init(_equal), k-means seeded with the data seed (the row itself, in
-    references.json, with each run seed), or the ``class_ward`` means for fixed+ward_init; only a class with
-    fewer than K training images repeats its centroids."""
+    """Write (once) the (C, K, D) tensor of ``row``'s ``mode_split_centroids`` that oracle_init(_equal)
+    starts from, k-means seeded with the data seed (the row itself, in references.json, with each run seed);
+    only a class with fewer than K training images repeats its centroids."""
     import torch
 
     path = start_centroids_path(args, k, row)
     if os.path.isfile(path):
         return path
     train_x, train_y, train_mode, _, _ = frozen_features(args, args.seeds[0], weights, true_mode)
-    split = (class_ward(train_x, train_y, k) if row == "ward_k" else
-             mode_split_centroids(train_x, train_y, train_mode, k, args.data_seed,
-                                  equal=row == "oracle_mode_split_equal"))
+    split = mode_split_centroids(train_x, train_y, train_mode, k, args.data_seed,
+                                 equal=row == "oracle_mode_split_equal")
     table = torch.stack([split[c][torch.arange(k) % len(split[c])] for c in sorted(split)])  # (C, K, D)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     torch.save(table, path)

@@ -74,7 +74,7 @@ def test_bench_cli_original_collapses_fixed_recovers_modes(bench, tmp_path):
         [sys.executable, "scripts/collapse_bench.py", "--backbone", "random", "--K", "4", "--seeds", "1", "--settings",
          "original", "fixed", "1nn", "oracle_mode_means", "oracle_kmeans", "kmeans_k", "kmeans_k_balanced", "kmeans_k_balanced_em",
          "oracle_mode_split", "oracle_mode_split_balanced", "oracle_mode_split_equal", "oracle_init",
-         "oracle_init_equal", "ward_k", "fixed+ward_init", "tip", "--classes", "3", "--modes", "3",
+         "oracle_init_equal", "ward_k", "fixed+cluster_means", "tip", "--classes", "3", "--modes", "3",
          "--images-per-mode", "6", "--test-per-mode", "2", "--epochs", "8",
          "--batch-size", "8", "--out", str(out), "--json", str(out / "bench.json")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
@@ -96,10 +96,9 @@ def test_bench_cli_original_collapses_fixed_recovers_modes(bench, tmp_path):
     (equal_start,) = (out / "features").glob(f"oracle_mode_split_equal_v{bench.START_VERSION}_K4_*.pt")
     assert torch.load(equal_start).shape[:2] == (3, 4)
     assert rows["oracle_init_equal"]["accuracy"] is not None and rows["oracle_mode_split_equal"]["purity"] > 0.9
-    # ward_k needs no modes; fixed+ward_init starts MixPrompt at its cluster means, written once like the oracles'
+    # ward_k needs no modes; fixed+cluster_means starts MixPrompt at its cluster means
     assert rows["ward_k"]["K"] == 4 and rows["ward_k"]["accuracy"] is not None and rows["ward_k"]["purity"] > 0.9
-    (ward_start,) = (out / "features").glob(f"ward_k_v{bench.START_VERSION}_K4_*.pt")
-    assert torch.load(ward_start).shape[:2] == (3, 4) and rows["fixed+ward_init"]["accuracy"] is not None
+    assert rows["fixed+cluster_means"]["accuracy"] is not None
     original, fixed = rows["original"], rows["fixed"]
     assert original["collapsed"] == 1.0 and original["eff_k"] < 1.3 and original["nmi"] < 0.2
     assert fixed["collapsed"] == 0.0 and fixed["eff_k"] > 2.0 and fixed["nmi"] > original["nmi"] + 0.3
@@ -236,16 +235,11 @@ def test_balanced_hard_em_moves_centroids_to_equal_parts_and_stops(bench):
     assert torch.cdist(points, refined).argmin(dim=1).tolist() == [0] * 4 + [1] * 4
 
 
-def test_ward_clustering_merges_the_cheapest_pair_first(bench):
+def test_ward_row_is_the_class_ward_means(bench):
     import torch
 
-    # on a line: {0, 1} and {10, 11} merge first (cost 0.5 each); joining them costs 2 x 2 / 4 x 10^2 = 100,
-    # less than {10, 11} with {30} (2 / 3 x 19.5^2 = 253.5), so two clusters leave 30 alone
-    points = torch.tensor([[30.0], [0.0], [11.0], [1.0], [10.0]])
-    assert bench.ward_clusters(points, 3).tolist() == [0, 1, 2, 1, 2]  # numbered by their first point
-    assert bench.ward_clusters(points, 2).tolist() == [0, 1, 1, 1, 1]
-    assert bench.ward_clusters(points, 5).tolist() == [0, 1, 2, 3, 4]  # as many clusters as points: each alone
     label = torch.tensor([0, 0, 1, 1, 1])
+    points = torch.tensor([[30.0], [0.0], [11.0], [1.0], [10.0]])
     means = bench.class_ward(points, label, 2)  # class 1 is 11, 1, 10: {11, 10} and {1}
     assert means[0].tolist() == [[30.0], [0.0]] and means[1].tolist() == [[10.5], [1.0]]
 

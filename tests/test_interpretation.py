@@ -184,8 +184,8 @@ def test_collapse_report_rebuilds_heatmaps_through_the_run_folder(runs):
 
 def test_runs_started_from_features_or_tuned_kmeans_reload_without_their_initialisation(runs, tiny_clip):
     """The run-folder loader replaces the initialisation by the checkpoint: a run started from INIT features
-    reloads after its file is gone, one with KMEANS_RESTARTS and KMEANS_INIT set reloads too (these keys belong
-    to an INIT choice the loader does not use)."""
+    reloads after its file is gone, one with KMEANS_RESTARTS, CLUSTERING and SINKHORN_SHARES clusters set reloads
+    too (keys of an INIT choice the loader does not use)."""
     from trainers.run_folder import load_trained
 
     n_cls, n_sub, dim = load_trained(runs["feature"], root=runs["data"]).model.prompt_learner.offsets.shape
@@ -195,7 +195,8 @@ def test_runs_started_from_features_or_tuned_kmeans_reload_without_their_initial
                     opts=["TRAINER.MIXPROMPT.INIT", "features", "TRAINER.MIXPROMPT.INIT_FEATURES_FILE", start])
     start.unlink()
     tuned = train(runs["base"] / "kmeans_restarts", runs["data"], tiny_clip, epochs=1,
-                  opts=["TRAINER.MIXPROMPT.KMEANS_RESTARTS", "2", "TRAINER.MIXPROMPT.KMEANS_INIT", "centroid"])
+                  opts=["TRAINER.MIXPROMPT.KMEANS_RESTARTS", "2", "TRAINER.MIXPROMPT.CLUSTERING", "kmeans",
+                        "TRAINER.MIXPROMPT.SINKHORN_SHARES", "clusters"])
     for run_dir in (started, tuned):
         trainer = load_trained(run_dir, root=runs["data"])
         assert trainer.loaded_epoch == 1

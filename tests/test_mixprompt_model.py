@@ -213,18 +213,55 @@ def test_kmeans_restarts_keep_the_lowest_inertia_run_and_one_restart_is_a_single
     assert any(torch.equal(best, run) for run in runs)
 
 
-def test_kmeans_centroid_offsets_put_subprompts_at_the_class_cluster_means():
-    """Two tight groups per class: the sub-prompts start at the groups' mean directions, whatever b[c] is."""
+def test_clustered_offsets_start_at_or_toward_the_class_clusters():
+    """Two tight groups per class: with at_means the sub-prompts start at the groups' mean directions, whatever
+    b[c] is; without, their offsets point along the groups' mean residuals with norm ``scale``; k-means and
+    Ward's clustering alike, each cluster's size returned. A class with fewer images than K keeps random offsets
+    (expected norm ``scale``) and size 1 for the rest."""
     generator = torch.Generator().manual_seed(0)
     dim, n_sub = 8, 2
     centres = torch.nn.functional.normalize(torch.randn(2, n_sub, dim, generator=generator), dim=-1)  # (C, K, D)
-    features = torch.cat([centres[c, k] + 0.01 * torch.randn(5, dim, generator=generator)
-                          for c in range(2) for k in range(n_sub)])  # (20, D)
-    labels = torch.arange(2).repeat_interleave(2 * 5)
+    features = torch.cat([centres[c, k] + 0.01 * torch.randn(4 + k, dim, generator=generator)
+                          for c in range(2) for k in range(n_sub)])  # (18, D): groups of 4 and 5 images
+    labels = torch.arange(2).repeat_interleave(9)
     base = torch.nn.functional.normalize(torch.randn(2, dim, generator=generator), dim=-1)  # (C, D)
-    offsets = mm.kmeans_centroid_offsets(features, labels, base, n_sub, 0.3, torch.Generator().manual_seed(1))
-    start = torch.nn.functional.normalize(base[:, None] + offsets, dim=-1)  # (C, K, D)
-    for c in range(2):
-        cos = start[c] @ centres[c].T  # (K, K): each sub-prompt at one group, every group taken
-        assert cos.max(dim=1).values.min() > 0.999
-        assert set(cos.argmax(dim=1).tolist()) == set(range(n_sub))
+    for clustering in ("kmeans", "ward"):
+        offsets, sizes = mm.clustered_offsets(features, labels, base, n_sub, 0.3, clustering, at_means=True,
+                                              generator=torch.Generator().manual_seed(1))
+        start = torch.nn.functional.normalize(base[:, None] + offsets, dim=-1)  # (C, K, D)
+        for c in range(2):
+            cos = start[c] @ centres[c].T  # (K, K): each sub-prompt at one group, every group taken
+            assert cos.max(dim=1).values.min() > 0.999
+            assert sorted(zip(cos.argmax(dim=1).tolist(), sizes[c].tolist())) == [(0, 4.0), (1, 5.0)]
+        tilted, same_sizes = mm.clustered_offsets(features, labels, base, n_sub, 0.3, clustering,
+                                                  generator=torch.Generator().manual_seed(1))
+        assert torch.equal(same_sizes, sizes)
+        assert torch.allclose(tilted.norm(dim=-1), torch.full((2, n_sub), 0.3))
+        residual_groups = centres - centres.mean(dim=1, keepdim=True)  # about where each group lies from its class mean
+        assert (torch.nn.functional.cosine_similarity(tilted, residual_groups, dim=-1).max() > 0.99)
+    one_image, one_size = mm.clustered_offsets(features[:1], labels[:1], base[:1], 3, 0.3, "ward", at_means=True,
+                                               generator=torch.Generator().manual_seed(2))  # (1, 3, D)
+    assert torch.allclose(torch.nn.functional.normalize(base[0] + one_image[0, 0], dim=0),
+                          torch.nn.functional.normalize(features[0], dim=0), atol=1e-6)
+    assert (one_image[0, 1:].norm(dim=-1) < 1.0).all() and one_size.tolist() == [[1.0, 1.0, 1.0]]
+
+
+def test_ward_clustering_merges_the_cheapest_pair_first():
+    # on a line: {0, 1} and {10, 11} merge first (cost 0.5 each); joining them costs 2 x 2 / 4 x 10^2 = 100,
+    # less than {10, 11} with {30} (2 / 3 x 19.5^2 = 253.5), so two clusters leave 30 alone
+    points = torch.tensor([[30.0], [0.0], [11.0], [1.0], [10.0]])
+    assert mm.ward_clusters(points, 3).tolist() == [0, 1, 2, 1, 2]  # numbered by their first point
+    assert mm.ward_clusters(points, 2).tolist() == [0, 1, 1, 1, 1]
+    assert mm.ward_clusters(points, 5).tolist() == [0, 1, 2, 3, 4]  # as many clusters as points: each alone
+    assert mm.ward_means(points, 2).tolist() == [[30.0], [5.5]]
+
+
+def test_sinkhorn_shares_set_each_subprompt_mass():
+    """shares (K,) in any scale: sub-prompt k receives N x shares[k] / sum(shares) images' worth of mass, rows
+    stay distributions; without shares the mass is equal."""
+    scores = torch.randn(12, 3, generator=torch.Generator().manual_seed(0)) * 5
+    shares = torch.tensor([6.0, 4.0, 2.0])
+    gamma = mm.sinkhorn_balance(scores, 1.0, n_iters=200, shares=shares)
+    assert torch.allclose(gamma.sum(dim=1), torch.ones(12), atol=1e-6)
+    assert torch.allclose(gamma.sum(dim=0), torch.tensor([6.0, 4.0, 2.0]), atol=1e-4)
+    assert torch.allclose(mm.sinkhorn_balance(scores, 1.0, n_iters=200).sum(dim=0), torch.full((3,), 4.0), atol=1e-4)

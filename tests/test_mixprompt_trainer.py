@@ -92,12 +92,18 @@ def test_eval_cache_matches_uncached_and_is_invalidated_by_a_step_and_a_load(bui
     (["TRAINER.MIXPROMPT.OFFSET_SPACE", "token", "TRAINER.MIXPROMPT.INIT", "kmeans"], "TRAINER.MIXPROMPT.INIT"),
     (["TRAINER.MIXPROMPT.SINKHORN_ITERS", "0"], "TRAINER.MIXPROMPT.SINKHORN_ITERS"),
     (["TRAINER.MIXPROMPT.KMEANS_RESTARTS", "0"], "TRAINER.MIXPROMPT.KMEANS_RESTARTS"),
-    (["TRAINER.MIXPROMPT.INIT", "random", "TRAINER.MIXPROMPT.KMEANS_RESTARTS", "5"], "applies only when"),
-    (["TRAINER.MIXPROMPT.KMEANS_INIT", "medoid"], "TRAINER.MIXPROMPT.KMEANS_INIT"),
-    (["TRAINER.MIXPROMPT.INIT", "templates", "TRAINER.MIXPROMPT.KMEANS_INIT", "centroid"],
-     "TRAINER.MIXPROMPT.KMEANS_INIT is set to 'centroid' but applies only when"),
-    (["TRAINER.MIXPROMPT.SCOPE", "shared", "TRAINER.MIXPROMPT.KMEANS_INIT", "centroid"],
-     "needs TRAINER.MIXPROMPT.SCOPE"),
+    (["TRAINER.MIXPROMPT.INIT", "random", "TRAINER.MIXPROMPT.KMEANS_RESTARTS", "5",
+      "TRAINER.MIXPROMPT.CLUSTERING", "kmeans"], "applies only when"),
+    (["TRAINER.MIXPROMPT.CLUSTERING", "spectral"], "TRAINER.MIXPROMPT.CLUSTERING"),
+    (["TRAINER.MIXPROMPT.KMEANS_RESTARTS", "5"], "applies only when k-means"),  # the default clustering is Ward's
+    (["TRAINER.MIXPROMPT.SCOPE", "shared", "TRAINER.MIXPROMPT.INIT", "cluster_means"],
+     "INIT cluster_means starts each"),
+    (["TRAINER.MIXPROMPT.OFFSET_SPACE", "token", "TRAINER.MIXPROMPT.INIT", "clusters"], "TRAINER.MIXPROMPT.INIT"),
+    (["TRAINER.MIXPROMPT.SINKHORN_SHARES", "usage"], "TRAINER.MIXPROMPT.SINKHORN_SHARES"),
+    (["TRAINER.MIXPROMPT.INIT", "random", "TRAINER.MIXPROMPT.SINKHORN_SHARES", "clusters"],
+     "SINKHORN_SHARES clusters keeps"),
+    (["TRAINER.MIXPROMPT.BALANCE", "none", "TRAINER.MIXPROMPT.SINKHORN_SHARES", "clusters"],
+     "SINKHORN_SHARES clusters keeps"),
     # a key of another mode, set away from its default, would be silently ignored: refused
     (["TRAINER.MIXPROMPT.N_CTX", "8"], "TRAINER.MIXPROMPT.N_CTX is set to 8 but applies only with "
                                         "TRAINER.MIXPROMPT.OFFSET_SPACE token"),
@@ -178,21 +184,50 @@ def test_train_features_clean_trains_on_batches_of_clean_features_augmented_on_i
     assert torch.equal(target, labels[batches[0]["index"]])
 
 
-def test_kmeans_init_centroid_starts_each_subprompt_at_a_centroid_of_its_class_images(build_trainer_for):
-    """KMEANS_INIT centroid: every class's epoch-0 sub-prompt features are the directions of the k-means centroids
-    (seeded with the run's seed) of that class's clean training features, not tilts from the text feature."""
-    opts = ["TRAINER.MIXPROMPT.K", "2", "TRAINER.MIXPROMPT.KMEANS_INIT", "centroid"]
-    trainer = build_trainer_for("MixPrompt", config=MP, opts=opts)
+@pytest.mark.parametrize("clustering", ["ward", "kmeans"])
+def test_cluster_means_start_each_subprompt_at_a_cluster_mean_of_its_class_images(build_trainer_for, clustering):
+    """INIT cluster_means: every class's epoch-0 sub-prompt features are the directions of the mean features of
+    the clusters of that class's clean training features (CLUSTERING; k-means seeded with the run's seed); the
+    default INIT (clusters) tilts them from the class text feature instead."""
+    opts = ["TRAINER.MIXPROMPT.K", "2", "TRAINER.MIXPROMPT.CLUSTERING", clustering]
+    trainer = build_trainer_for("MixPrompt", config=MP, opts=opts + ["TRAINER.MIXPROMPT.INIT", "cluster_means"])
     initial = trainer.model.text_features().detach().float().cpu()  # (C, K, D)
     features, labels, _ = trainer.train_features()
+    n_cls, n_sub, dim = initial.shape
     generator = torch.Generator().manual_seed(trainer.cfg.SEED)
-    for c in range(initial.shape[0]):
-        centroids = mm.kmeans(features[labels == c].cpu(), 2, generator=generator)  # (K, D)
-        assert torch.allclose(initial[c], torch.nn.functional.normalize(centroids, dim=-1), atol=1e-4)
-    tilted = build_trainer_for("MixPrompt", config=MP, opts=opts[:2]).model.text_features().detach().float().cpu()
+    mm.random_offsets((n_cls, n_sub, dim), 1.0, generator)  # the draws clustered_offsets makes before clustering
+    for c in range(n_cls):
+        points = features[labels == c].float().cpu()
+        residuals = points - points.mean(0)
+        if clustering == "ward":
+            means = mm.ward_means(residuals, 2) + points.mean(0)  # (K, D)
+        else:
+            means = mm.kmeans(residuals, 2, generator=generator) + points.mean(0)
+        assert torch.allclose(initial[c], torch.nn.functional.normalize(means, dim=-1), atol=1e-4)
+    tilted = build_trainer_for("MixPrompt", config=MP, opts=opts).model.text_features().detach().float().cpu()
     base = trainer.model.prompt_learner.base_features.detach().float().cpu()  # (C, D)
-    # the direction start stays near the class text feature; the centroid start is where the images are
     assert (tilted * base[:, None]).sum(-1).min() > (initial * base[:, None]).sum(-1).max()
+
+
+def test_sinkhorn_shares_clusters_keep_each_subprompt_at_its_start_cluster_size(build_trainer_for):
+    """The defaults (INIT auto in feature space, SINKHORN_SHARES auto): the balanced E-step gives each sub-prompt
+    as many images' worth of mass as its start cluster has (Ward's clustering of the class), not N / K;
+    SINKHORN_SHARES equal restores N / K."""
+    opts = ["TRAINER.MIXPROMPT.K", "3"]
+    trainer = build_trainer_for("MixPrompt", config=MP, opts=opts)
+    features, labels, indices = trainer.train_features()
+    gamma = trainer.balanced_e_step(0.3)[indices].cpu()  # (N, K)
+    n_cls = int(labels.max()) + 1
+    sizes = torch.stack([torch.bincount(mm.ward_clusters(features[labels == c].float().cpu(), 3), minlength=3)
+                         for c in range(n_cls)]).float()  # (C, K), in cluster order
+    got = torch.stack([gamma[labels.cpu() == c].sum(dim=0) for c in range(n_cls)])  # (C, K)
+    assert torch.allclose(got, sizes, atol=0.05)  # Sinkhorn's default 50 iterations, within 0.05 of an image
+    assert any(len(set(row.tolist())) > 1 for row in sizes)  # unequal shares: the test tells them apart
+    equal = build_trainer_for("MixPrompt", config=MP, opts=opts + ["TRAINER.MIXPROMPT.SINKHORN_SHARES", "equal"])
+    gamma = equal.balanced_e_step(0.3)[indices].cpu()
+    for c in range(n_cls):
+        n_c = int((labels == c).sum())
+        assert torch.allclose(gamma[labels.cpu() == c].sum(dim=0), torch.full((3,), n_c / 3), atol=0.05)
 
 
 def test_the_default_init_is_valid_in_both_offset_spaces(build_trainer_for):

@@ -31,7 +31,9 @@ from .templates import IMAGENET_TEMPLATES_SELECT, dataset_template, format_class
 OFFSET_SPACES = ("feature", "token")
 SCOPES = ("class", "shared")
 TEMPLATE_SETS = ("dataset", "ensemble", "hierarchical")
-INITS = ("auto", "random", "random_coordinate", "templates", "kmeans", "features")
+INITS = ("auto", "random", "random_coordinate", "templates", "clusters", "cluster_means", "features", "kmeans")
+CLUSTERINGS = ("ward", "kmeans")
+SINKHORN_SHARE_CHOICES = ("auto", "equal", "clusters")
 TRAIN_FEATURE_SOURCES = ("auto", "clean", "augmented")
 DIAGNOSTICS_FILE = "diagnostics.jsonl"
 INIT_FEATURES_COPY = "init_features.pt"  # INIT features: the run's own copy of its starting features
@@ -202,9 +204,9 @@ class MixPromptClassifier(CLIPClassifier):
 
 
 # ----------------------------------------------------------------------------------------- initialisation
-#: keys that only one INIT choice reads (KMEANS_*: kmeans, also through auto)
-INIT_ONLY_KEYS = ("INIT_FEATURES_FILE", "KMEANS_RESTARTS", "KMEANS_INIT")
-KMEANS_INITS = ("direction", "centroid")
+#: keys read only with some INIT choices (INIT features; the clustered starts), reset to their defaults when a
+#: trained run is rebuilt with INIT random
+INIT_ONLY_KEYS = ("INIT_FEATURES_FILE", "KMEANS_RESTARTS", "CLUSTERING", "SINKHORN_SHARES")
 
 
 def random_init_opts():
@@ -216,10 +218,24 @@ def random_init_opts():
 
 
 def resolve_init(init, offset_space):
-    """The initialisation INIT asks for: ``auto`` is kmeans in feature space and random in token space."""
+    """The initialisation INIT asks for: ``auto`` is clusters in feature space and random in token space;
+    ``kmeans`` is the older name of clusters."""
     if init == "auto":
-        return "kmeans" if offset_space == "feature" else "random"
-    return init
+        return "clusters" if offset_space == "feature" else "random"
+    return "clusters" if init == "kmeans" else init
+
+
+def is_clustered_start(m):
+    """True when a TRAINER.MIXPROMPT node ``m`` starts each class's sub-prompts at clusters of its images."""
+    return resolve_init(m.INIT, m.OFFSET_SPACE) in ("clusters", "cluster_means")
+
+
+def resolve_sinkhorn_shares(m):
+    """The balanced E-step's shares SINKHORN_SHARES asks for: ``auto`` is clusters after a per-class clustered
+    start (SCOPE class), else equal."""
+    if m.SINKHORN_SHARES == "auto":
+        return "clusters" if is_clustered_start(m) and m.SCOPE == "class" and m.BALANCE == "sinkhorn" else "equal"
+    return m.SINKHORN_SHARES
 
 
 def init_features_copy(cfg):
@@ -329,21 +345,22 @@ def add_mixprompt_config(cfg):
     m.OFFSET_REG_WEIGHT = 0.0001  # L2 on the raw offsets
     # sum_d: w * mean over sub-prompts of |delta|^2 | mean: w * mean of delta^2 over all numbers (D x weaker)
     m.OFFSET_REG_REDUCTION = "sum_d"
-    # auto: kmeans in feature space, random in token space | random (norm OFFSET_INIT_SCALE) |
-    # random_coordinate (std OFFSET_INIT_SCALE per coordinate: norm ~ scale * sqrt(D)) | templates | kmeans |
-    # features (each sub-prompt exactly at a given feature direction, INIT_FEATURES_FILE; the collapse
-    # benchmark's oracle_init) (the last three: feature space only)
+    # auto: clusters in feature space, random in token space | random (norm OFFSET_INIT_SCALE) |
+    # random_coordinate (std OFFSET_INIT_SCALE per coordinate: norm ~ scale * sqrt(D)) | templates | clusters
+    # (offsets of norm OFFSET_INIT_SCALE along the mean residuals of K clusters of the class's clean image
+    # features, CLUSTERING: sub-prompts tilted from b[c] toward them; kmeans is its older name) | cluster_means
+    # (each sub-prompt exactly at a cluster's mean feature: the text then enters through the zero-shot residual
+    # only) | features (each sub-prompt exactly at a given feature direction, INIT_FEATURES_FILE; the collapse
+    # benchmark's oracle_init) (all but the first three: feature space only; the last two: SCOPE class)
     m.INIT = "auto"
     m.INIT_FEATURES_FILE = ""  # INIT features: a torch file holding a (C, K, D) tensor (its content is not recorded)
     m.OFFSET_INIT_SCALE = 0.3  # norm of an initial offset (relative to |b[c]| = 1), per-coordinate std
     # with INIT random_coordinate
-    m.KMEANS_RESTARTS = 1  # INIT kmeans: per class, the lowest-inertia of this many seeded k-means++ runs
-    # INIT kmeans: direction = each offset has norm OFFSET_INIT_SCALE along a k-means centroid of the class's
-    # feature residuals (sub-prompts tilted from b[c] toward its modes) | centroid = each sub-prompt starts exactly
-    # at a k-means centroid of its class's clean image features (SCOPE class; the text enters through the
-    # zero-shot residual only). Measured in docs/mixprompt_recipe.md, "Ward's clustering, and starting at the
-    # image centroids".
-    m.KMEANS_INIT = "direction"
+    # INIT clusters / cluster_means (SCOPE class): the clustering of each class's clean image features they start
+    # from: ward (agglomerative, Ward's criterion; deterministic) | kmeans (k-means++; the default until
+    # 2026-12-03). SCOPE shared always clusters all residuals with k-means.
+    m.CLUSTERING = "ward"
+    m.KMEANS_RESTARTS = 1  # CLUSTERING kmeans: per class, the lowest-inertia of this many seeded k-means++ runs
     # per-image entropy regulariser, w * (-mean_i H(gamma_i)): none | image_detached (H of the detached
     # E-step targets: a constant with zero gradient, the earlier system's later form) | image (H of
     # softmax(s / tau) with gradient: pushes every image toward uniform responsibilities)
@@ -360,6 +377,11 @@ def add_mixprompt_config(cfg):
     # 0 = plain softmax. Relaxing it raised K > M mode recovery and collapsed the random backbone
     # (docs/mixprompt_recipe.md).
     m.SINKHORN_POWER = 1.0
+    # sinkhorn only: each sub-prompt's share of its class's images: equal (N / K) | clusters (the size of the
+    # start cluster it began at: the start's uneven split is kept, no sub-prompt gets less than one image) | auto
+    # (clusters after a per-class clustered start, else equal). docs/mixprompt_recipe.md, "Ward's clustering
+    # and the start's shares".
+    m.SINKHORN_SHARES = "auto"
     # diagnostics: the collapse rule's thresholds (trainers/mixprompt_diagnostics.py says why these values)
     m.COLLAPSE_FEATURE_COS = DEFAULT_COLLAPSE_FEATURE_COS
     m.COLLAPSE_TOP1_SHARE = DEFAULT_COLLAPSE_TOP1_SHARE
@@ -397,7 +419,7 @@ class MixPrompt(CLIPTrainer):
     keys_added_later = {"TRAINER.MIXPROMPT.TRAIN_FEATURES": "augmented", "TRAINER.MIXPROMPT.KMEANS_RESTARTS": 1,
                         "TRAINER.MIXPROMPT.PULL_SHARE": 0.5, "TRAINER.MIXPROMPT.SINKHORN_POWER": 1.0,
                         "TRAINER.MIXPROMPT.INIT_FEATURES_FILE": "", "TRAINER.MIXPROMPT.ZEROSHOT_WEIGHT": 0.0,
-                        "TRAINER.MIXPROMPT.KMEANS_INIT": "direction"}
+                        "TRAINER.MIXPROMPT.CLUSTERING": "kmeans", "TRAINER.MIXPROMPT.SINKHORN_SHARES": "equal"}
     report_order = 40
 
     @staticmethod
@@ -453,15 +475,15 @@ class MixPrompt(CLIPTrainer):
             offsets = mm.random_offsets(shape, m.OFFSET_INIT_SCALE)
         elif init == "random_coordinate":
             offsets = mm.random_coordinate_offsets(shape, m.OFFSET_INIT_SCALE)
-        elif init == "kmeans":
+        elif init in ("clusters", "cluster_means"):
             features, labels, _ = self.train_features()
             generator = torch.Generator().manual_seed(max(self.cfg.SEED, 0))
-            if m.KMEANS_INIT == "centroid":
-                offsets = mm.kmeans_centroid_offsets(features, labels, learner.base_features.detach().cpu(), m.K,
-                                                     m.OFFSET_INIT_SCALE, generator, m.KMEANS_RESTARTS)
+            if m.SCOPE == "shared":
+                offsets = mm.kmeans_offsets(features, labels, m.K, m.OFFSET_INIT_SCALE, generator, m.KMEANS_RESTARTS)
             else:
-                offsets = mm.kmeans_offsets(features, labels, len(classnames), m.K, m.SCOPE, m.OFFSET_INIT_SCALE,
-                                            generator, m.KMEANS_RESTARTS)
+                offsets, self._cluster_sizes = mm.clustered_offsets(  # (C, K, D), (C, K)
+                    features, labels, learner.base_features.detach().cpu(), m.K, m.OFFSET_INIT_SCALE, m.CLUSTERING,
+                    init == "cluster_means", generator, m.KMEANS_RESTARTS)
         elif init == "features":
             source = init_features_source(self.cfg)
             start = load_init_features(source, shape)  # (C, K, D)
@@ -476,7 +498,8 @@ class MixPrompt(CLIPTrainer):
         learner.offsets.copy_(offsets)
         # the features the sub-prompts start from: the diagnostics measure how far each one moves
         self._initial_features = model.text_features().detach().float().cpu()  # (C, K, D)
-        print(f"Initialised {m.K} sub-prompts per class ({m.OFFSET_SPACE} space, {m.SCOPE} scope, init {init}); "
+        print(f"Initialised {m.K} sub-prompts per class ({m.OFFSET_SPACE} space, {m.SCOPE} scope, init {init}"
+              + (f", {m.CLUSTERING} clustering" if is_clustered_start(m) else "") + "); "
               f"initial feature cosine {float(mm.pairwise_cosine(self._initial_features).mean()):.4f}; M-step on "
               + ("the training images' test-transform features" if self.train_feature_source() == "clean"
                  else "augmented training views"))
@@ -515,7 +538,8 @@ class MixPrompt(CLIPTrainer):
     @torch.no_grad()
     def balanced_e_step(self, tau):
         """Epoch-level E-step: per class, Sinkhorn-balanced responsibilities of its training images, so
-        every sub-prompt is responsible for an equal share (N_c / K images)."""
+        every sub-prompt is responsible for its share: N_c / K images, or with SINKHORN_SHARES clusters the
+        size of the start cluster it began at."""
         features, labels, indices = self.train_features()
         m = self.cfg.TRAINER.MIXPROMPT
         own = mm.own_class_scores(self.model.scores(features.to(self.device), self.model.text_features()),
@@ -523,7 +547,8 @@ class MixPrompt(CLIPTrainer):
         gamma = torch.zeros_like(own)
         for c in labels.unique():
             mask = (labels == c).to(self.device)
-            gamma[mask] = mm.sinkhorn_balance(own[mask], tau, m.SINKHORN_ITERS, m.SINKHORN_POWER)
+            shares = self._cluster_sizes[int(c)] if resolve_sinkhorn_shares(m) == "clusters" else None  # (K,)
+            gamma[mask] = mm.sinkhorn_balance(own[mask], tau, m.SINKHORN_ITERS, m.SINKHORN_POWER, shares)
         table = torch.zeros(int(indices.max()) + 1, own.shape[1], device=self.device)
         table[indices.to(self.device)] = gamma
         return table
@@ -667,7 +692,8 @@ def validate_mixprompt_cfg(cfg):
     if m.EVAL_POOL:
         choice("EVAL_POOL", mm.POOLS)
     choice("INIT", INITS)
-    choice("KMEANS_INIT", KMEANS_INITS)
+    choice("CLUSTERING", CLUSTERINGS)
+    choice("SINKHORN_SHARES", SINKHORN_SHARE_CHOICES)
     choice("TRAIN_FEATURES", TRAIN_FEATURE_SOURCES)
     choice("DIVERSITY", mm.DIVERSITY_TYPES)
     choice("BALANCE", mm.BALANCE_TYPES)
@@ -716,22 +742,28 @@ def validate_mixprompt_cfg(cfg):
         if m[mode] not in applies and m[name] != defaults[name]:
             raise ConfigError(f"{key}.{name} is set to {m[name]!r} but applies only with {key}.{mode} "
                               f"{' or '.join(applies)} (it is {m[mode]!r}): remove it or change {key}.{mode}")
+    if m.INIT in ("cluster_means", "features") and m.SCOPE != "class":
+        raise ConfigError(f"{key}.INIT {m.INIT} starts each (class, sub-prompt) at its own feature: it needs "
+                          f"{key}.SCOPE class, got {m.SCOPE}")
     if m.INIT == "features":
-        if m.SCOPE != "class":
-            raise ConfigError(f"{key}.INIT features starts each (class, sub-prompt) at its own feature: it needs "
-                              f"{key}.SCOPE class, got {m.SCOPE}")
         if init_features_source(cfg) is None:
             raise ConfigError(f'{key}.INIT_FEATURES_FILE: INIT features needs an existing file, got '
                               f'"{m.INIT_FEATURES_FILE}" (a resumed run also finds its copy, '
                               f'{init_features_copy(cfg)}). To evaluate a trained run '
                               f"without it, set {key}.INIT random: the checkpoint replaces the offsets.")
-    for name in ("KMEANS_RESTARTS", "KMEANS_INIT"):
-        if resolve_init(m.INIT, m.OFFSET_SPACE) != "kmeans" and m[name] != defaults[name]:
-            raise ConfigError(f"{key}.{name} is set to {m[name]!r} but applies only when {key}.INIT is kmeans (or "
-                              f"auto with OFFSET_SPACE feature): remove it or change {key}.INIT")
-    if m.KMEANS_INIT == "centroid" and m.SCOPE != "class":
-        raise ConfigError(f"{key}.KMEANS_INIT centroid starts each (class, sub-prompt) at a centroid of its class's "
-                          f"images: it needs {key}.SCOPE class, got {m.SCOPE} (use KMEANS_INIT direction)")
+    # CLUSTERING and SINKHORN_SHARES equal are not refused where no per-class clustering happens: runs saved
+    # before the keys existed are rebuilt with kmeans / equal (keys_added_later), in every space and scope
+    kmeans_clustered = is_clustered_start(m) and (m.CLUSTERING == "kmeans" or m.SCOPE == "shared")
+    if not kmeans_clustered and m.KMEANS_RESTARTS != defaults.KMEANS_RESTARTS:
+        raise ConfigError(f"{key}.KMEANS_RESTARTS is set to {m.KMEANS_RESTARTS} but applies only when k-means "
+                          f"clusters the start ({key}.INIT clusters or cluster_means, or auto in feature space, with "
+                          f"{key}.CLUSTERING kmeans or {key}.SCOPE shared): remove it or change {key}.CLUSTERING")
+    if m.SINKHORN_SHARES == "clusters" and not (m.BALANCE == "sinkhorn" and is_clustered_start(m)
+                                                and m.SCOPE == "class"):
+        raise ConfigError(f"{key}.SINKHORN_SHARES clusters keeps each sub-prompt's start cluster size in the balanced "
+                          f"E-step: it needs {key}.BALANCE sinkhorn and a per-class clustered start ({key}.INIT "
+                          f"clusters or cluster_means, or auto in feature space, with {key}.SCOPE class), got BALANCE "
+                          f"{m.BALANCE}, INIT {m.INIT} in {m.OFFSET_SPACE} space, SCOPE {m.SCOPE}")
     if m.SCOPE == "class" and cfg.DATASET.SUBSAMPLE_CLASSES == "new":
         raise ConfigError(f"{key}.SCOPE: class-scope sub-prompts exist only for the classes seen in training, "
                           "so they cannot score new classes (DATASET.SUBSAMPLE_CLASSES new). Train with "

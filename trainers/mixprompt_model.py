@@ -6,7 +6,7 @@ L2-normalised; a = similarity scale; tau = EM temperature.
 
 Feature-space parametrisation: t[c, k] = normalize(b[c] + delta[c, k]) (``feature_subprompts``), b[c] the
 frozen class text feature; the offsets start random, at template features, or at the k-means modes of
-the class's training images (``random_offsets``, ``kmeans_offsets``, ``kmeans_centroid_offsets``).
+the class's training images (``random_offsets``, ``clustered_offsets``, ``kmeans_offsets``).
 
 Objective per batch (``MixPromptObjective``, which the trainer only feeds):
 - E-step: responsibilities gamma[i, k] = softmax_k(a * cos(f_i, t[y_i, k]) / tau), detached targets (or
@@ -183,15 +183,18 @@ DOUBLE_EXP_SAFE_RANGE = 700.0  # exp(-x) stays a normal float64 for x below ~708
 
 
 @torch.no_grad()
-def sinkhorn_balance(own_scores, tau, n_iters=50, marginal_power=1.0):
+def sinkhorn_balance(own_scores, tau, n_iters=50, marginal_power=1.0, shares=None):
     """Balanced responsibilities (N, K) for N images of one class: rows sum to one and every sub-prompt
     receives N / K images' worth of mass (Sinkhorn-Knopp on exp(scores / tau)). ``marginal_power`` p < 1
     relaxes the column constraint: rows stay exact, and each column's scale is (N / K / usage) ** p, the usage
     taken before that scale; iterated to its fixed point, this is the semi-relaxed Sinkhorn of a KL penalty of
     weight rho = tau p / (1 - p) on the usage (so a given p relaxes less as tau anneals), converging at a rate
     of about p per iteration (p near 1 needs more than the default iterations). p = 0 leaves the plain softmax
-    responsibilities."""
+    responsibilities. ``shares`` (K,), any positive scale: sub-prompt k's mass is N x shares[k] / sum(shares)
+    instead of N / K."""
     n_img, n_sub = own_scores.shape
+    target = (n_img / n_sub if shares is None else  # (K,) images' worth of mass per sub-prompt
+              n_img * shares.double().to(own_scores.device) / shares.double().sum())
     log_q = own_scores.double() / tau
     # one shift for all images (the iterates of earlier versions), per image where exp would underflow an
     # image's whole row to zeros (no target): its best score more than ~745 (in units of tau) below another's
@@ -201,14 +204,14 @@ def sinkhorn_balance(own_scores, tau, n_iters=50, marginal_power=1.0):
     q = log_q.exp()
     if marginal_power == 1.0:
         for _ in range(n_iters):
-            q = q / q.sum(dim=0, keepdim=True).clamp_min(1e-300) * (n_img / n_sub)
+            q = q / q.sum(dim=0, keepdim=True).clamp_min(1e-300) * target
             q = q / q.sum(dim=1, keepdim=True).clamp_min(1e-300)
         return q.to(own_scores.dtype)
     column_scale = torch.ones(n_sub, dtype=q.dtype, device=q.device)  # (K,)
     for _ in range(n_iters):
         row_scale = 1.0 / (q @ column_scale).clamp_min(1e-300)  # (N,): every image's row sums to one
         mass = (q * row_scale[:, None]).sum(dim=0).clamp_min(1e-300)  # (K,) usage before the column scale
-        column_scale = ((n_img / n_sub) / mass) ** marginal_power
+        column_scale = (target / mass) ** marginal_power
     q = q * column_scale
     return (q / q.sum(dim=1, keepdim=True).clamp_min(1e-300)).to(own_scores.dtype)
 
@@ -394,40 +397,77 @@ def _kmeans_run(points, n_clusters, n_iters, generator):
     return centroids
 
 
-def kmeans_centroid_offsets(features, labels, base_features, n_sub, scale, generator=None, restarts=1):
-    """Offsets (C, K, D) that put each class's sub-prompts exactly at the k-means centroids (best of ``restarts``,
-    classes in order, one ``generator``) of its image ``features`` (N, D), through ``offsets_to_features`` from
-    ``base_features`` b (C, D). Sub-prompts beyond a class's image count get random offsets of norm ``scale``
-    from b, drawn after every class's k-means."""
+def ward_clusters(points, n_clusters):
+    """(N,) cluster of each of ``points`` (N, D) after agglomerative clustering with Ward's criterion: starting
+    from one cluster per point, repeatedly merge the two clusters whose merge adds the least within-cluster
+    squared distance, |A| |B| / (|A| + |B|) x |mean A - mean B|^2 (the first such pair, by smallest member, on
+    ties), until ``n_clusters`` remain (at most N). Clusters are numbered by their smallest point.
+    Deterministic; the Lance-Williams update keeps it at O(N^2) per merge after one O(N^2 D) distance matrix."""
+    n_points = len(points)
+    # cost[a, b] = 2 x the merge cost of clusters a and b (each kept at its smallest point's index)
+    cost = torch.cdist(points.double(), points.double()).pow(2)  # (N, N)
+    cost.fill_diagonal_(float("inf"))
+    sizes = torch.ones(n_points, dtype=torch.float64)
+    owner = torch.arange(n_points)  # the cluster (smallest point) each point belongs to
+    for _ in range(n_points - max(n_clusters, 1)):
+        a, b = divmod(int(cost.argmin()), n_points)
+        a, b = min(a, b), max(a, b)
+        n_a, n_b = sizes[a], sizes[b]
+        merged = ((n_a + sizes) * cost[a] + (n_b + sizes) * cost[b] - sizes * cost[a, b]) / (n_a + n_b + sizes)
+        cost[a], cost[:, a] = merged, merged
+        cost[a, a] = float("inf")
+        cost[b], cost[:, b] = float("inf"), float("inf")
+        sizes[a] += n_b
+        owner[owner == b] = a
+    return torch.unique(owner, return_inverse=True)[1]
+
+
+def ward_means(points, n_clusters):
+    """(k, D): the means of the ``ward_clusters`` of ``points`` (N, D), k = min(n_clusters, N)."""
+    labels = ward_clusters(points, n_clusters)
+    return torch.stack([points[labels == j].mean(dim=0) for j in range(int(labels.max()) + 1)])
+
+
+def clustered_offsets(features, labels, base_features, n_sub, scale, clustering="kmeans", at_means=False,
+                      generator=None, restarts=1):
+    """Per class, a start at the K clusters of its image ``features`` (N, D) (``clustering`` kmeans: the best of
+    ``restarts`` seeded k-means++ runs, each image in its nearest centroid's cluster; ward: ``ward_clusters``),
+    computed on the class's residuals (features minus the class mean), classes in order, one ``generator``.
+    Returns (offsets (C, K, D), sizes (C, K): images per cluster). ``at_means`` False: each offset has norm
+    ``scale`` along a cluster's mean residual (sub-prompts tilted from b[c] toward its images' clusters);
+    True: each sub-prompt exactly at a cluster's mean feature (``offsets_to_features`` from ``base_features``
+    b (C, D)). Sub-prompts beyond a class's image count keep the ``random_offsets`` drawn first and size 1."""
     n_cls, dim = base_features.shape
-    centroids = [kmeans(points, min(n_sub, len(points)), generator=generator, restarts=restarts)
-                 if len(points) else points.new_zeros(0, dim)
-                 for points in (features[labels == c] for c in range(n_cls))]  # C x (k_c, D)
     offsets = random_offsets((n_cls, n_sub, dim), scale, generator)  # (C, K, D)
-    for c, found in enumerate(centroids):
-        offsets[c, :len(found)] = offsets_to_features(found[None], base_features[c:c + 1].cpu())[0]
-    return offsets
+    sizes = torch.ones(n_cls, n_sub)  # (C, K)
+    for c in range(n_cls):
+        points = features[labels == c]
+        k = min(n_sub, len(points))
+        if k < (1 if at_means else 2):  # one image has no residual direction
+            continue
+        residuals = points - points.mean(0)
+        if clustering == "ward":
+            assign = ward_clusters(residuals, k)  # (N_c,)
+            centres = torch.stack([residuals[assign == j].mean(0) for j in range(k)])  # (k, D)
+        else:
+            centres = kmeans(residuals, k, generator=generator, restarts=restarts)  # (k, D)
+            assign = torch.cdist(residuals, centres).argmin(dim=1)
+        sizes[c, :k] = torch.bincount(assign, minlength=k).float()
+        if at_means:
+            offsets[c, :k] = offsets_to_features((centres + points.mean(0))[None], base_features[c:c + 1].cpu())[0]
+        else:
+            offsets[c, :k] = F.normalize(centres, dim=-1) * scale
+    return offsets, sizes
 
 
-def kmeans_offsets(features, labels, n_cls, n_sub, scope, scale, generator=None, restarts=1):
-    """Offsets toward the within-class modes: per class, k-means (best of ``restarts``) of the class's image
-    features minus the class mean, directions scaled to norm ``scale`` (shared scope: k-means of all
-    within-class residuals). Sub-prompts beyond a class's image count get random directions."""
-    dim = features.shape[1]
+def kmeans_offsets(features, labels, n_sub, scale, generator=None, restarts=1):
+    """SCOPE shared: K offsets (K, D) of norm ``scale`` along the k-means centroids (best of ``restarts``) of every
+    class's residuals (its image features minus the class mean); random directions beyond the image count."""
     residuals = torch.zeros_like(features)
     for c in labels.unique():
         mask = labels == c
         residuals[mask] = features[mask] - features[mask].mean(0)
-    if scope == "shared":
-        offsets = random_offsets((n_sub, dim), scale, generator)
-        k = min(n_sub, len(residuals))
-        offsets[:k] = F.normalize(kmeans(residuals, k, generator=generator, restarts=restarts), dim=-1) * scale
-        return offsets
-    offsets = random_offsets((n_cls, n_sub, dim), scale, generator)
-    for c in range(n_cls):
-        points = residuals[labels == c]
-        k = min(n_sub, len(points))
-        if k >= 2:
-            offsets[c, :k] = F.normalize(kmeans(points, k, generator=generator, restarts=restarts), dim=-1) * scale
+    offsets = random_offsets((n_sub, features.shape[1]), scale, generator)
+    k = min(n_sub, len(residuals))
+    offsets[:k] = F.normalize(kmeans(residuals, k, generator=generator, restarts=restarts), dim=-1) * scale
     return offsets
-
