@@ -138,9 +138,6 @@ SETTINGS = {
     "fixed+cluster_means": ("MixPrompt", MP, [P + "INIT", "cluster_means"],
                             "fixed started with each sub-prompt exactly at its Ward cluster's mean feature (INIT "
                             "cluster_means) instead of tilted from the class text feature toward it"),
-    "fixed+kmeans_means": ("MixPrompt", MP, [P + "INIT", "cluster_means", *KMEANS_EQUAL],
-                           "fixed-ward started with each sub-prompt exactly at a k-means centroid of its class's "
-                           "images (INIT cluster_means, CLUSTERING kmeans, equal shares)"),
     # leave-one-out from the fixed defaults (not run by default: --settings fixed-...)
     "fixed-balance": ("MixPrompt", MP, [P + "BALANCE", "none"], "fixed without the balanced E-step"),
     "fixed-diversity": ("MixPrompt", MP, [P + "DIVERSITY", "none"], "fixed without diversity"),

@@ -357,8 +357,9 @@ def add_mixprompt_config(cfg):
     m.OFFSET_INIT_SCALE = 0.3  # norm of an initial offset (relative to |b[c]| = 1), per-coordinate std
     # with INIT random_coordinate
     # INIT clusters / cluster_means (SCOPE class): the clustering of each class's clean image features they start
-    # from: ward (agglomerative, Ward's criterion; deterministic) | kmeans (k-means++; the default until
-    # 2026-12-03). SCOPE shared always clusters all residuals with k-means.
+    # from: ward (agglomerative, Ward's criterion; deterministic; O(N^2) per image of a class: 1.5 s at 1,000
+    # images, docs/performance.md) | kmeans (k-means++; the default until 2026-12-03). SCOPE shared always
+    # clusters all residuals with k-means. docs/mixprompt_recipe.md, "Ward's clustering and its cluster sizes".
     m.CLUSTERING = "ward"
     m.KMEANS_RESTARTS = 1  # CLUSTERING kmeans: per class, the lowest-inertia of this many seeded k-means++ runs
     # per-image entropy regulariser, w * (-mean_i H(gamma_i)): none | image_detached (H of the detached
