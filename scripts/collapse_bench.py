@@ -113,7 +113,8 @@ SETTINGS = {
     "orig+entropy": ("MixPrompt", ORIGINAL, [P + "BALANCE", "marginal_entropy", P + "BALANCE_WEIGHT", "1.0"],
                      "original + marginal usage entropy (with gradient)"),
     "orig+tau": ("MixPrompt", ORIGINAL, [P + "TAU_END", "0.3"], "original + higher final tau (0.3)"),
-    "orig+init_kmeans": ("MixPrompt", ORIGINAL, [P + "INIT", "clusters", P + "OFFSET_INIT_SCALE", "0.3"],
+    "orig+init_kmeans": ("MixPrompt", ORIGINAL, [P + "INIT", "kmeans", P + "CLUSTERING", "kmeans",
+                                                 P + "OFFSET_INIT_SCALE", "0.3"],
                          "original + k-means initialisation"),
     "orig+init_templates": ("MixPrompt", ORIGINAL, [P + "INIT", "templates"], "original + template initialisation"),
     # the fixed defaults before the recipe change (docs/mixprompt_recipe.md): the M-step on augmented views, SGD
@@ -419,9 +420,9 @@ def class_kmeans(train_x, train_y, n_clusters, seed, restarts=10):
 
 
 def class_ward(train_x, train_y, n_clusters):
-    """{class: cluster means (k, D)}: per-class agglomerative clustering with Ward's criterion
-    (``trainers.mixprompt_model.ward_clusters``, what INIT ward starts from), ``n_clusters`` (at most the class's
-    images) per class."""
+    """{class: cluster means (k, D)}: per-class agglomerative clustering with Ward's criterion into ``n_clusters``
+    (at most the class's images; ``trainers.mixprompt_model.ward_clusters``, the clustering MixPrompt's default
+    start is made from)."""
     from trainers.mixprompt_model import ward_means
 
     centroids = {}

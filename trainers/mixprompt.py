@@ -381,7 +381,7 @@ def add_mixprompt_config(cfg):
     # sinkhorn only: each sub-prompt's share of its class's images: equal (N / K) | clusters (the size of the
     # start cluster it began at: the start's uneven split is kept, no sub-prompt gets less than one image) | auto
     # (clusters after a per-class clustered start, else equal). docs/mixprompt_recipe.md, "Ward's clustering
-    # and the start's shares".
+    # and its cluster sizes".
     m.SINKHORN_SHARES = "auto"
     # diagnostics: the collapse rule's thresholds (trainers/mixprompt_diagnostics.py says why these values)
     m.COLLAPSE_FEATURE_COS = DEFAULT_COLLAPSE_FEATURE_COS
