@@ -202,18 +202,23 @@ def test_runs_started_from_features_or_tuned_kmeans_reload_without_their_initial
         assert trainer.loaded_epoch == 1
 
 
-def saved_before_zeroshot_weight(run_dir, copy):
-    """A copy of ``run_dir`` whose saved configs lack TRAINER.MIXPROMPT.ZEROSHOT_WEIGHT, as a run written before
-    the key existed."""
+def saved_before(run_dir, copy, *keys):
+    """A copy of ``run_dir`` whose saved configs lack the TRAINER.MIXPROMPT ``keys``, as a run written before the
+    keys existed."""
     from trainers.run_folder import CONFIG_NAMES
 
     shutil.copytree(run_dir, copy)
     for name in CONFIG_NAMES:
         if (copy / name).is_file():
             lines = (copy / name).read_text().splitlines(keepends=True)
-            assert any("ZEROSHOT_WEIGHT: 0.5" in line for line in lines)
-            (copy / name).write_text("".join(line for line in lines if "ZEROSHOT_WEIGHT" not in line))
+            assert all(any(line.strip().startswith(f"{key}:") for line in lines) for key in keys)
+            (copy / name).write_text("".join(line for line in lines
+                                             if not any(line.strip().startswith(f"{key}:") for key in keys)))
     return copy
+
+
+def saved_before_zeroshot_weight(run_dir, copy):
+    return saved_before(run_dir, copy, "ZEROSHOT_WEIGHT")
 
 
 @pytest.mark.parametrize("space", ["feature", "token"])
@@ -243,6 +248,20 @@ def test_eval_only_of_a_model_saved_before_a_key_existed_uses_the_value_it_was_t
     assert evaluate(tmp_path / "eval") == 0.0
     assert "trained before TRAINER.MIXPROMPT.ZEROSHOT_WEIGHT = 0.0 existed" in (tmp_path / "eval" / "log.txt").read_text()
     assert evaluate(tmp_path / "eval_given", "TRAINER.MIXPROMPT.ZEROSHOT_WEIGHT", "0.25") == 0.25
+
+
+def test_eval_only_of_a_token_space_model_saved_before_the_clustering_keys_runs(runs, tmp_path):
+    """A token-space model saved before CLUSTERING and SINKHORN_SHARES existed is evaluated with the values it
+    behaved as (kmeans, equal), which its space never reads: accepted, not refused as keys of another mode."""
+    import yaml
+
+    old = saved_before(runs["token"], tmp_path / "old_token", "CLUSTERING", "SINKHORN_SHARES", "ZEROSHOT_WEIGHT")
+    out = tmp_path / "eval"
+    ok(subprocess.run([warm_python(), "train.py", "--config-file", old / "config.yaml", "--root", runs["data"],
+                       "--eval-only", "--model-dir", old, "--load-epoch", "1", "--output-dir", out],
+                      cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=script_env()))
+    saved = yaml.safe_load((out / "config.yaml").read_text())["TRAINER"]["MIXPROMPT"]
+    assert (saved["CLUSTERING"], saved["SINKHORN_SHARES"], saved["ZEROSHOT_WEIGHT"]) == ("kmeans", "equal", 0.0)
 
 
 # ------------------------------------------------------------------------------------------ nearest tokens
