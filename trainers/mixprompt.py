@@ -230,11 +230,17 @@ def is_clustered_start(m):
     return resolve_init(m.INIT, m.OFFSET_SPACE) in ("clusters", "cluster_means")
 
 
+def has_class_clusters(m):
+    """True when the balanced E-step can keep each class's start cluster sizes: BALANCE sinkhorn after a
+    per-class clustered start (SCOPE class)."""
+    return m.BALANCE == "sinkhorn" and is_clustered_start(m) and m.SCOPE == "class"
+
+
 def resolve_sinkhorn_shares(m):
-    """The balanced E-step's shares SINKHORN_SHARES asks for: ``auto`` is clusters after a per-class clustered
-    start (SCOPE class), else equal."""
+    """The balanced E-step's shares SINKHORN_SHARES asks for: ``auto`` is clusters where ``has_class_clusters``,
+    else equal."""
     if m.SINKHORN_SHARES == "auto":
-        return "clusters" if is_clustered_start(m) and m.SCOPE == "class" and m.BALANCE == "sinkhorn" else "equal"
+        return "clusters" if has_class_clusters(m) else "equal"
     return m.SINKHORN_SHARES
 
 
@@ -546,9 +552,10 @@ class MixPrompt(CLIPTrainer):
         own = mm.own_class_scores(self.model.scores(features.to(self.device), self.model.text_features()),
                                   labels.to(self.device))  # (N, K)
         gamma = torch.zeros_like(own)
+        sizes = self._cluster_sizes if resolve_sinkhorn_shares(m) == "clusters" else None  # (C, K)
         for c in labels.unique():
             mask = (labels == c).to(self.device)
-            shares = self._cluster_sizes[int(c)] if resolve_sinkhorn_shares(m) == "clusters" else None  # (K,)
+            shares = None if sizes is None else sizes[int(c)]  # (K,)
             gamma[mask] = mm.sinkhorn_balance(own[mask], tau, m.SINKHORN_ITERS, m.SINKHORN_POWER, shares)
         table = torch.zeros(int(indices.max()) + 1, own.shape[1], device=self.device)
         table[indices.to(self.device)] = gamma
@@ -759,8 +766,7 @@ def validate_mixprompt_cfg(cfg):
         raise ConfigError(f"{key}.KMEANS_RESTARTS is set to {m.KMEANS_RESTARTS} but applies only when k-means "
                           f"clusters the start ({key}.INIT clusters or cluster_means, or auto in feature space, with "
                           f"{key}.CLUSTERING kmeans or {key}.SCOPE shared): remove it or change {key}.CLUSTERING")
-    if m.SINKHORN_SHARES == "clusters" and not (m.BALANCE == "sinkhorn" and is_clustered_start(m)
-                                                and m.SCOPE == "class"):
+    if m.SINKHORN_SHARES == "clusters" and not has_class_clusters(m):
         raise ConfigError(f"{key}.SINKHORN_SHARES clusters keeps each sub-prompt's start cluster size in the balanced "
                           f"E-step: it needs {key}.BALANCE sinkhorn and a per-class clustered start ({key}.INIT "
                           f"clusters or cluster_means, or auto in feature space, with {key}.SCOPE class), got BALANCE "

@@ -422,10 +422,15 @@ def ward_clusters(points, n_clusters):
     return torch.unique(owner, return_inverse=True)[1]
 
 
+def cluster_means(points, assign, n_clusters):
+    """(k, D): the mean of each cluster 0 .. k - 1 of ``points`` (N, D) under ``assign`` (N,)."""
+    return torch.stack([points[assign == j].mean(dim=0) for j in range(n_clusters)])
+
+
 def ward_means(points, n_clusters):
     """(k, D): the means of the ``ward_clusters`` of ``points`` (N, D), k = min(n_clusters, N)."""
-    labels = ward_clusters(points, n_clusters)
-    return torch.stack([points[labels == j].mean(dim=0) for j in range(int(labels.max()) + 1)])
+    assign = ward_clusters(points, n_clusters)  # (N,)
+    return cluster_means(points, assign, int(assign.max()) + 1)
 
 
 def clustered_offsets(features, labels, base_features, n_sub, scale, clustering="kmeans", at_means=False,
@@ -448,7 +453,7 @@ def clustered_offsets(features, labels, base_features, n_sub, scale, clustering=
         residuals = points - points.mean(0)
         if clustering == "ward":
             assign = ward_clusters(residuals, k)  # (N_c,)
-            centres = torch.stack([residuals[assign == j].mean(0) for j in range(k)])  # (k, D)
+            centres = cluster_means(residuals, assign, k)  # (k, D)
         else:
             centres = kmeans(residuals, k, generator=generator, restarts=restarts)  # (k, D)
             assign = torch.cdist(residuals, centres).argmin(dim=1)
